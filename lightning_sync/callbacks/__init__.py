@@ -2,5 +2,6 @@
 
 from lightning_sync.callbacks.figures import FocusMapFigure
 from lightning_sync.callbacks.focus import FocusRegularizer
+from lightning_sync.callbacks.sync import NeuronSynchronizer
 
-__all__ = ["FocusMapFigure", "FocusRegularizer"]
+__all__ = ["FocusMapFigure", "FocusRegularizer", "NeuronSynchronizer"]
