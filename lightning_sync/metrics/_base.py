@@ -1,0 +1,77 @@
+"""Base class of the lightning-sync metrics: torchmetrics' plotting and shared argument checks."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from torch import Tensor
+from torchmetrics import Metric
+from torchmetrics.utilities.plot import _AX_TYPE, _PLOT_OUT_TYPE
+
+from lightning_sync._validation import check_positive_int
+from lightning_sync.functional.metrics._inputs import Partition, module_labels
+
+
+class InterpretabilityMetric(Metric):
+    """A torchmetrics ``Metric`` of neuron interpretability; every subclass reduces to a scalar."""
+
+    is_differentiable = False
+    full_state_update = False
+
+    def plot(self, val: Tensor | Sequence[Tensor] | None = None, ax: _AX_TYPE | None = None) -> _PLOT_OUT_TYPE:
+        """Plot one value or a sequence of values (one per epoch, say) of the metric.
+
+        Args:
+            val: the output of ``compute``, a sequence of them, or ``None`` to call ``compute`` now.
+            ax: matplotlib axes to draw into; a new figure is made if ``None``.
+
+        Returns:
+            The figure and the axes.
+
+        Example::
+
+            >>> import torch
+            >>> from lightning_sync.metrics import ActiveNeuronRate
+            >>> metric = ActiveNeuronRate(num_neurons=4)
+            >>> values = [metric(torch.rand(8, 4, 3, 3) - 0.5) for _ in range(3)]
+            >>> figure, axes = metric.plot(values)
+        """
+        return self._plot(val, ax)
+
+
+class ModulePartitionMixin:
+    """The ``modules`` setting of metrics that score a partition of the neurons into modules."""
+
+    num_neurons: int
+    _modules: list[list[int]] | None = None
+
+    @property
+    def modules(self) -> list[list[int]] | None:
+        """Neuron modules as lists of neuron indices, or ``None`` before they are set."""
+        return self._modules
+
+    @modules.setter
+    def modules(self, modules: Partition | None) -> None:
+        if modules is None:
+            self._modules = None
+            return
+        module_labels(modules, self.num_neurons)  # raises on an invalid partition
+        self._modules = [[int(neuron) for neuron in module] for module in modules]
+        # A new partition changes the result, so the cached value of `compute` is stale.
+        self._computed = None
+
+    def _require_modules(self) -> list[list[int]]:
+        if self._modules is None:
+            raise ValueError(
+                f"{type(self).__name__} needs a module partition. Pass `modules=[[...], ...]` (lists of neuron"
+                " indices) to the constructor or assign `metric.modules` before `compute`."
+            )
+        return self._modules
+
+
+def check_neurons_and_classes(num_neurons: Any, num_classes: Any | None = None) -> None:
+    """Raise a ``ValueError`` unless ``num_neurons`` (and ``num_classes`` when given) are valid."""
+    check_positive_int("num_neurons", num_neurons)
+    if num_classes is not None and (check_positive_int("num_classes", num_classes) < 2):
+        raise ValueError(f"Expected `num_classes` to be at least 2, but got {num_classes}.")
