@@ -6,8 +6,36 @@ synchronizes similar neurons locally into functional modules, and the metrics in
 :mod:`lightning_sync.metrics` measure how interpretable the neurons are.
 """
 
-from lightning_sync.callbacks import FocusMapFigure, FocusRegularizer, NeuronSynchronizer
+from lightning_sync.callbacks import FocusMapFigure, FocusRegularizer, InterpretabilityMetrics, NeuronSynchronizer
+from lightning_sync.metrics import (
+    ActiveNeuronRate,
+    ClassSelectivity,
+    FocusConcentration,
+    LocationInstability,
+    Modularity,
+    ModuleCoherence,
+    ModuleConsistency,
+    MutualInformationScore,
+    SemanticSpecificity,
+    SynchronizationOrder,
+)
 
 __version__ = "0.1.0"
 
-__all__ = ["FocusMapFigure", "FocusRegularizer", "NeuronSynchronizer", "__version__"]
+__all__ = [
+    "ActiveNeuronRate",
+    "ClassSelectivity",
+    "FocusConcentration",
+    "FocusMapFigure",
+    "FocusRegularizer",
+    "InterpretabilityMetrics",
+    "LocationInstability",
+    "Modularity",
+    "ModuleCoherence",
+    "ModuleConsistency",
+    "MutualInformationScore",
+    "NeuronSynchronizer",
+    "SemanticSpecificity",
+    "SynchronizationOrder",
+    "__version__",
+]

@@ -5,6 +5,7 @@ from lightning_sync.metrics.concentration import FocusConcentration
 from lightning_sync.metrics.information import MutualInformationScore
 from lightning_sync.metrics.location import LocationInstability
 from lightning_sync.metrics.modules import Modularity, ModuleCoherence, ModuleConsistency
+from lightning_sync.metrics.order import SynchronizationOrder
 from lightning_sync.metrics.selectivity import ClassSelectivity, SemanticSpecificity
 
 __all__ = [
@@ -17,4 +18,5 @@ __all__ = [
     "ModuleConsistency",
     "MutualInformationScore",
     "SemanticSpecificity",
+    "SynchronizationOrder",
 ]

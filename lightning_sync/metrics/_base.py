@@ -41,33 +41,37 @@ class InterpretabilityMetric(Metric):
 
 
 class ModulePartitionMixin:
-    """The ``modules`` setting of metrics that score a partition of the neurons into modules."""
+    """The ``partition`` setting of metrics that score a division of the neurons into modules.
+
+    The attribute is not called ``modules`` because ``torch.nn.Module`` (and so every ``Metric``)
+    already uses ``modules`` and ``_modules`` for its submodules.
+    """
 
     num_neurons: int
-    _modules: list[list[int]] | None = None
+    _partition: list[list[int]] | None = None
 
     @property
-    def modules(self) -> list[list[int]] | None:
+    def partition(self) -> list[list[int]] | None:
         """Neuron modules as lists of neuron indices, or ``None`` before they are set."""
-        return self._modules
+        return self._partition
 
-    @modules.setter
-    def modules(self, modules: Partition | None) -> None:
-        if modules is None:
-            self._modules = None
+    @partition.setter
+    def partition(self, partition: Partition | None) -> None:
+        if partition is None:
+            self._partition = None
             return
-        module_labels(modules, self.num_neurons)  # raises on an invalid partition
-        self._modules = [[int(neuron) for neuron in module] for module in modules]
+        module_labels(partition, self.num_neurons)  # raises on an invalid partition
+        self._partition = [[int(neuron) for neuron in module] for module in partition]
         # A new partition changes the result, so the cached value of `compute` is stale.
         self._computed = None
 
-    def _require_modules(self) -> list[list[int]]:
-        if self._modules is None:
+    def _require_partition(self) -> list[list[int]]:
+        if self._partition is None:
             raise ValueError(
-                f"{type(self).__name__} needs a module partition. Pass `modules=[[...], ...]` (lists of neuron"
-                " indices) to the constructor or assign `metric.modules` before `compute`."
+                f"{type(self).__name__} needs a module partition. Pass `partition=[[...], ...]` (lists of neuron"
+                " indices) to the constructor or assign `metric.partition` before `compute`."
             )
-        return self._modules
+        return self._partition
 
 
 def check_neurons_and_classes(num_neurons: Any, num_classes: Any | None = None) -> None:

@@ -25,15 +25,15 @@ from lightning_sync.metrics._base import InterpretabilityMetric, ModulePartition
 
 
 class _CorrelationMetric(ModulePartitionMixin, InterpretabilityMetric):
-    """Co-moment states of the pooled activations and the module partition setting."""
+    """Co-moment states of the pooled activations and the ``partition`` setting."""
 
     higher_is_better = True
 
-    def __init__(self, num_neurons: int, modules: Partition | None = None, **kwargs: Any) -> None:
+    def __init__(self, num_neurons: int, partition: Partition | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         check_neurons_and_classes(num_neurons)
         self.num_neurons = num_neurons
-        self.modules = modules
+        self.partition = partition
         self.add_state("activation_sum", default=torch.zeros(num_neurons, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state(
             "outer_product_sum", default=torch.zeros(num_neurons, num_neurons, dtype=torch.float64), dist_reduce_fx="sum"
@@ -55,8 +55,8 @@ class _CorrelationMetric(ModulePartitionMixin, InterpretabilityMetric):
         return correlation_from_moments(self.activation_sum, self.outer_product_sum, self.num_samples)
 
     def compute(self) -> Tensor:
-        """Return the score of :attr:`modules` on the correlations so far, NaN with fewer than two samples."""
-        modules = self._require_modules()
+        """Return the score of :attr:`partition` on the correlations so far, NaN with fewer than two samples."""
+        modules = self._require_partition()
         correlation = self.correlation()
         if correlation is None:
             return torch.tensor(float("nan"), device=self.activation_sum.device)
@@ -81,12 +81,12 @@ class ModuleCoherence(_CorrelationMetric):
 
     Args:
         num_neurons: number of neurons (channels) ``C`` of the layer.
-        modules: lists of neuron indices, one list per module; may be set later through :attr:`modules`.
+        partition: lists of neuron indices, one list per module; may be set later through :attr:`partition`.
         kwargs: keyword arguments of :class:`torchmetrics.Metric`.
 
     Example::
 
-        >>> metric = ModuleCoherence(num_neurons=4, modules=[[0, 1], [2, 3]])
+        >>> metric = ModuleCoherence(num_neurons=4, partition=[[0, 1], [2, 3]])
         >>> metric.update(torch.tensor([[1.0, 2.0, 0.0, 0.0], [0.0, 0.0, 1.0, 3.0], [2.0, 4.0, 1.0, 0.0]]))
         >>> round(metric.compute().item(), 4)
         1.183
@@ -114,12 +114,12 @@ class Modularity(_CorrelationMetric):
 
     Args:
         num_neurons: number of neurons (channels) ``C`` of the layer.
-        modules: lists of neuron indices, one list per module; may be set later through :attr:`modules`.
+        partition: lists of neuron indices, one list per module; may be set later through :attr:`partition`.
         kwargs: keyword arguments of :class:`torchmetrics.Metric`.
 
     Example::
 
-        >>> metric = Modularity(num_neurons=4, modules=[[0, 1], [2, 3]])
+        >>> metric = Modularity(num_neurons=4, partition=[[0, 1], [2, 3]])
         >>> metric.update(torch.tensor([[1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 1.0], [1.0, 1.0, 0.0, 0.0]]))
         >>> metric.compute()
         tensor(0.5000)
@@ -148,12 +148,12 @@ class ModuleConsistency(_CorrelationMetric):
 
     Args:
         num_neurons: number of neurons (channels) ``C`` of the layer.
-        modules: lists of neuron indices, one list per module; may be set later through :attr:`modules`.
+        partition: lists of neuron indices, one list per module; may be set later through :attr:`partition`.
         kwargs: keyword arguments of :class:`torchmetrics.Metric`.
 
     Example::
 
-        >>> metric = ModuleConsistency(num_neurons=4, modules=[[0, 1], [2, 3]])
+        >>> metric = ModuleConsistency(num_neurons=4, partition=[[0, 1], [2, 3]])
         >>> metric.update(torch.tensor([[1.0, 2.0, 0.0, 0.0], [0.0, 0.0, 1.0, 3.0], [2.0, 4.0, 1.0, 0.0]]))
         >>> metric.compute()
         tensor(1.)

@@ -87,12 +87,12 @@ class SemanticSpecificity(ModulePartitionMixin, _ClassSumsMetric):
     activation. This is lightning-sync's own reading of the "semantic specificity within modules"
     that the abstract of Han et al. (IEEE TNNLS, 2024) names. The states are the same class sums
     as :class:`ClassSelectivity`; the partition is a setting, so a new partition can be scored on
-    the same data by assigning :attr:`modules` before ``compute``.
+    the same data by assigning :attr:`partition` before ``compute``.
 
     Args:
         num_classes: number of classes ``K``.
         num_neurons: number of neurons (channels) ``C`` of the layer.
-        modules: lists of neuron indices, one list per module; may be set later through :attr:`modules`.
+        partition: lists of neuron indices, one list per module; may be set later through :attr:`partition`.
         kwargs: keyword arguments of :class:`torchmetrics.Metric`.
 
     Raises:
@@ -100,16 +100,16 @@ class SemanticSpecificity(ModulePartitionMixin, _ClassSumsMetric):
 
     Example::
 
-        >>> metric = SemanticSpecificity(num_classes=2, num_neurons=3, modules=[[0, 1], [2]])
+        >>> metric = SemanticSpecificity(num_classes=2, num_neurons=3, partition=[[0, 1], [2]])
         >>> metric.update(torch.tensor([[1.0, 1.0, 0.0], [0.0, 0.0, 1.0]]), torch.tensor([0, 1]))
         >>> metric.compute()
         tensor(1.)
     """
 
-    def __init__(self, num_classes: int, num_neurons: int, modules: Partition | None = None, **kwargs: Any) -> None:
+    def __init__(self, num_classes: int, num_neurons: int, partition: Partition | None = None, **kwargs: Any) -> None:
         super().__init__(num_classes, num_neurons, **kwargs)
-        self.modules = modules
+        self.partition = partition
 
     def compute(self) -> Tensor:
         """Return the size-weighted mean specificity of the modules."""
-        return _semantic_specificity_compute(self.class_sums, self.class_counts, self._require_modules())
+        return _semantic_specificity_compute(self.class_sums, self.class_counts, self._require_partition())

@@ -13,6 +13,7 @@ from lightning_sync.functional.metrics.modules import (
     module_coherence,
     module_consistency,
 )
+from lightning_sync.functional.metrics.order import synchronization_order
 from lightning_sync.functional.metrics.selectivity import class_selectivity, semantic_specificity
 
 __all__ = [
@@ -32,4 +33,5 @@ __all__ = [
     "pool_activations",
     "quantile_bins",
     "semantic_specificity",
+    "synchronization_order",
 ]

@@ -1,0 +1,110 @@
+"""InterpretabilityMetrics on a short real fit: logged keys, one CSV row per validation epoch."""
+
+import csv
+
+import pytest
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import CSVLogger
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_sync.callbacks.metrics import METRIC_NAMES, InterpretabilityMetrics, full_partition
+
+
+class TinyConvNet(LightningModule):
+    def __init__(self, num_classes: int = 3) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.conv = nn.Conv2d(1, 6, kernel_size=3, padding=1)
+        self.head = nn.Linear(6, num_classes)
+
+    def forward(self, images):
+        return self.head(F.relu(self.conv(images)).mean(dim=(2, 3)))
+
+    def training_step(self, batch, batch_idx):
+        images, labels = batch
+        return F.cross_entropy(self(images), labels)
+
+    def validation_step(self, batch, batch_idx):
+        images, labels = batch
+        self.log("val/loss", F.cross_entropy(self(images), labels))
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def _loader(seed: int) -> DataLoader:
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.randn(48, 1, 8, 8, generator=generator)
+    labels = torch.randint(0, 3, (48,), generator=generator)
+    return DataLoader(TensorDataset(images, labels), batch_size=16)
+
+
+class FakeSynchronizer(Callback):
+    """Stands in for NeuronSynchronizer: only its `modules` mapping matters here."""
+
+    def __init__(self) -> None:
+        self.modules = {"conv": [[0, 1, 2], [3, 4]]}
+
+
+def _fit(tmp_path, callbacks, epochs=2):
+    torch.manual_seed(0)
+    trainer = Trainer(
+        default_root_dir=tmp_path,
+        max_epochs=epochs,
+        limit_train_batches=2,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        logger=CSVLogger(tmp_path, name="", version=""),
+        callbacks=callbacks,
+    )
+    trainer.fit(TinyConvNet(), train_dataloaders=_loader(0), val_dataloaders=_loader(1))
+    return trainer
+
+
+def test_callback_logs_every_metric_once_per_epoch(tmp_path):
+    callback = InterpretabilityMetrics(layers=["conv"], num_bins=4)
+    trainer = _fit(tmp_path, [callback])
+
+    for name in METRIC_NAMES:
+        assert f"interp/conv/{name}" in trainer.callback_metrics, name
+    with open(tmp_path / "metrics.csv") as handle:
+        rows = [row for row in csv.DictReader(handle) if row.get("interp/conv/class_selectivity")]
+    assert len(rows) == 2
+    assert [row["epoch"] for row in rows] == ["0", "1"]
+    # The whole validation set (48 samples) was fed, and nothing stays captured after fit.
+    assert int(callback.layer_metrics("conv")["active_neuron_rate"].num_samples) == 48
+    assert not callback._capture.attached
+
+
+def test_callback_uses_synchronizer_modules(tmp_path):
+    callback = InterpretabilityMetrics(layers=["conv"], metrics=["module_coherence", "modularity"])
+    _fit(tmp_path, [FakeSynchronizer(), callback], epochs=1)
+    assert callback.layer_metrics("conv")["modularity"].partition == [[0, 1, 2], [3, 4], [5]]
+
+
+def test_callback_skips_module_metrics_without_partition(tmp_path):
+    callback = InterpretabilityMetrics(layers=["conv"], metrics=["modularity", "class_selectivity"], fallback_delta=None)
+    trainer = _fit(tmp_path, [callback], epochs=1)
+    assert "interp/conv/modularity" not in trainer.callback_metrics
+    assert "interp/conv/class_selectivity" in trainer.callback_metrics
+
+
+def test_callback_requires_num_classes(tmp_path):
+    class NoClasses(TinyConvNet):
+        def __init__(self) -> None:
+            super().__init__()
+            self.hparams.pop("num_classes")
+
+    trainer = Trainer(default_root_dir=tmp_path, max_epochs=1, logger=False, enable_progress_bar=False,
+                      callbacks=[InterpretabilityMetrics(layers=["conv"])])
+    with pytest.raises(ValueError, match="Pass `num_classes`"):
+        trainer.fit(NoClasses(), train_dataloaders=_loader(0), val_dataloaders=_loader(1))
+
+
+def test_full_partition_adds_singletons():
+    assert full_partition([[2, 0]], 3) == [[2, 0], [1]]
