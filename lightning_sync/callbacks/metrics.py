@@ -90,9 +90,10 @@ class InterpretabilityMetrics(Callback):
     The module metrics score a partition of each layer's neurons. When a callback with a
     ``modules`` mapping (a ``NeuronSynchronizer``) is among ``trainer.callbacks`` and has modules
     for the layer, its modules are used, with every free neuron as a singleton module. Otherwise
-    the modules are derived from the layer's weights with the synchronizer's rule (neurons whose
-    weight directions lie within ``fallback_delta`` are joined), so runs without synchronization
-    are scored the same way; ``fallback_delta=None`` skips the module metrics for them.
+    the callback applies the synchronizer's rule to the layer's weights: neurons whose weight
+    directions lie within ``fallback_delta`` of each other form a module. Runs without
+    synchronization are therefore scored the same way. ``fallback_delta=None`` skips the module
+    metrics for them instead.
 
     Location instability needs landmark annotations, which classification batches do not have,
     so this callback does not log it; use :class:`~lightning_sync.metrics.LocationInstability`
@@ -162,7 +163,7 @@ class InterpretabilityMetrics(Callback):
         return list(self._capture.layers)
 
     def layer_metrics(self, layer: str) -> dict[str, Metric]:
-        """The metric objects of ``layer`` by name, after ``setup``."""
+        """Return the metric objects of ``layer`` by name; they exist after ``setup``."""
         return self._layer_metrics[layer]
 
     @override

@@ -21,7 +21,7 @@ class FocusConcentration(InterpretabilityMetric):
         FC = \frac{1}{|F|} \sum_{(n, c) \in F}
              \frac{\sum_{p : \lVert p - \mu_{nc} \rVert_\infty \le r} A_{nc}[p]}{\sum_p A_{nc}[p]}
 
-    ``F`` holds the firing (sample, neuron) maps, ``mu`` is a map's argmax cell. See
+    ``F`` is the set of firing (sample, neuron) maps and ``mu`` a map's argmax cell. See
     :func:`~lightning_sync.functional.metrics.focus_concentration`. ``update`` takes activation
     maps ``(N, C, H, W)``; ``compute`` returns the mean over every firing map seen, NaN if none
     fired (with a warning when ``update`` was never called).

@@ -44,7 +44,7 @@ class MutualInformationScore(InterpretabilityMetric):
 
         >>> metric = MutualInformationScore(num_classes=2, num_neurons=1, num_bins=2)
         >>> metric.update(torch.tensor([[1.0], [1.0], [0.0], [0.0]]), torch.tensor([0, 0, 1, 1]))
-        >>> metric.compute()  # log 2: the neuron tells the two classes apart
+        >>> metric.compute()  # log 2: the neuron separates the two classes
         tensor(0.6931)
     """
 

@@ -29,7 +29,7 @@ class LocationInstability(InterpretabilityMetric):
         LI = \frac{1}{C} \sum_c \frac{1}{K} \sum_k
              \operatorname{std}_{n \in T_c} \frac{\lVert \hat p_{nc} - q_{nk} \rVert}{\sqrt{H^2 + W^2}}
 
-    ``T_c`` holds the ``top_m`` images with the largest peak of filter ``c``, ``p_nc`` the peak cell
+    ``T_c`` contains the ``top_m`` images with the largest peak of filter ``c``, ``p_nc`` the peak cell
     mapped to image pixels as ``(i + 0.5) * stride - 0.5 + offset`` and ``q_nk`` landmark ``k``. See
     :func:`~lightning_sync.functional.metrics.location_instability` for which images count.
 

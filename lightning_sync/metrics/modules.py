@@ -139,7 +139,7 @@ class ModuleConsistency(_CorrelationMetric):
 
         MCons = \operatorname{ARI}\left(m, \operatorname{AL}_{M}(1 - \rho)\right)
 
-    The given partition ``m`` has ``M`` modules; ``AL_M(1 - rho)`` cuts the average-linkage tree of
+    The given partition ``m`` has ``M`` modules. ``AL_M(1 - rho)`` cuts the average-linkage tree of
     the correlation distance between the neurons' pooled activations on the data seen into ``M``
     clusters. Fed with held-out data it measures whether the modules, found from filter weights by
     the synchronizer, also hold in the neurons' responses to new data. See

@@ -86,8 +86,8 @@ class SemanticSpecificity(ModulePartitionMixin, _ClassSumsMetric):
     ``SI`` is the selectivity index of :class:`ClassSelectivity` and ``a_c`` neuron ``c``'s pooled
     activation. This is lightning-sync's own reading of the "semantic specificity within modules"
     that the abstract of Han et al. (IEEE TNNLS, 2024) names. The states are the same class sums
-    as :class:`ClassSelectivity`; the partition is a setting, so a new partition can be scored on
-    the same data by assigning :attr:`partition` before ``compute``.
+    as :class:`ClassSelectivity`. The partition is a setting, not a state, so a new partition can
+    be scored on the same data by assigning :attr:`partition` before ``compute``.
 
     Args:
         num_classes: number of classes ``K``.

@@ -2,9 +2,9 @@
 
 Landmarks are given per sample as ``K`` points in image pixels, ``(N, K, 2)`` with ``(row, column)``
 order, plus a visibility mask ``(N, K)``. A filter's peak cell ``(i, j)`` of an activation map is
-mapped to image pixels through the layer's total stride ``s`` and an ``offset`` ``o``:
-``((i + 0.5) s - 0.5 + o, (j + 0.5) s - 0.5 + o)``, the centre of the image patch that the cell
-covers when each cell covers ``s x s`` pixels. Pixel centres sit at integer coordinates.
+mapped to image pixels through the layer's total stride ``s`` and an ``offset`` ``o`` as
+``((i + 0.5) s - 0.5 + o, (j + 0.5) s - 0.5 + o)``. When each cell covers ``s x s`` pixels, this
+is the centre of the cell's patch. Pixel centres sit at integer coordinates.
 """
 
 from __future__ import annotations
@@ -139,7 +139,7 @@ def location_instability(
         LI = \frac{1}{C} \sum_c \frac{1}{K} \sum_k
              \operatorname{std}_{n \in T_c} \frac{\lVert \hat p_{nc} - q_{nk} \rVert}{\sqrt{H^2 + W^2}}
 
-    ``T_c`` holds the ``top_m`` images with the largest peak of filter ``c``'s ReLU map,
+    ``T_c`` contains the ``top_m`` images with the largest peak of filter ``c``'s ReLU map,
     ``p_nc`` is the peak mapped to image pixels (see :func:`cells_to_pixels`), ``q_nk`` landmark
     ``k`` of image ``n`` and ``H x W`` the image size. A filter that always fires on the same part
     has a near-constant distance to every landmark and scores near 0. Only firing images on which

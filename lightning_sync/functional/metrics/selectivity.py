@@ -59,7 +59,7 @@ def class_selectivity(activations: Tensor, target: Tensor, num_classes: int) -> 
         SI_c = \frac{\mu_{\max,c} - \mu_{-\max,c}}{\mu_{\max,c} + \mu_{-\max,c}}
 
     ``mu_{k,c}`` is neuron ``c``'s pooled activation (spatial mean of the ReLU map) averaged over
-    the samples of class ``k``; ``mu_max`` is the largest class mean and ``mu_-max`` the mean of the
+    the samples of class ``k``. ``mu_max`` is the largest class mean and ``mu_-max`` the mean of the
     other class means. The index is 0 for a neuron that responds equally to all classes and 1 for
     one that responds to a single class. Classes without samples are left out, and so are neurons
     that never respond (their index is 0 / 0).
