@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torchmetrics.functional.clustering import mutual_info_score
+from torchmetrics.functional.clustering.mutual_info_score import _mutual_info_score_compute
 
 from lightning_sync.functional.metrics._inputs import check_class_targets, pool_activations
 
@@ -26,9 +26,16 @@ def quantile_bins(pooled: Tensor, num_bins: int) -> Tensor:
         >>> quantile_bins(torch.tensor([[0.0], [0.0], [1.0], [2.0]]), num_bins=2).flatten().tolist()
         [0, 0, 1, 1]
     """
-    levels = torch.linspace(0, 1, num_bins + 1, device=pooled.device)[1:-1]
-    edges = torch.quantile(pooled.double(), levels.double(), dim=0)  # (B - 1, C)
-    bins = torch.searchsorted(edges.T.contiguous(), pooled.double().T.contiguous(), right=True)  # (C, N)
+    values = pooled.double()
+    # Linear interpolation between order statistics, as torch.quantile does; sorting avoids
+    # torch.quantile's limit on the input size.
+    ordered = values.sort(dim=0).values
+    positions = torch.linspace(0, 1, num_bins + 1, dtype=torch.float64, device=pooled.device)[1:-1] * (len(values) - 1)
+    lower = positions.floor().long()
+    upper = positions.ceil().long()
+    fraction = (positions - lower).unsqueeze(1)
+    edges = ordered[lower] + (ordered[upper] - ordered[lower]) * fraction  # (B - 1, C)
+    bins = torch.searchsorted(edges.T.contiguous(), values.T.contiguous(), right=True)  # (C, N)
     return bins.T
 
 
@@ -36,15 +43,26 @@ def _mutual_information_compute(pooled: Tensor, target: Tensor, num_classes: int
     """Return the mean over neurons of the largest class-indicator mutual information; NaN without samples."""
     if pooled.shape[0] == 0:
         return torch.tensor(float("nan"), device=pooled.device)
+    num_samples, num_neurons = pooled.shape
     bins = quantile_bins(pooled, num_bins)
-    scores = torch.zeros(pooled.shape[1], num_classes, device=pooled.device)
-    # torchmetrics computes one contingency table per (neuron, class) pair. This loop runs once per
-    # compute, not per batch, so its cost is C * K small calls per validation epoch.
-    for class_index in range(num_classes):
-        indicator = (target == class_index).long()
-        for neuron in range(pooled.shape[1]):
-            scores[neuron, class_index] = mutual_info_score(bins[:, neuron], indicator)
-    return scores.max(dim=1).values.mean()
+
+    # Joint counts of (bin, class) for every neuron in one bincount, (C, B, K).
+    neuron_offset = torch.arange(num_neurons, device=pooled.device) * (num_bins * num_classes)
+    flat_index = neuron_offset + bins * num_classes + target.unsqueeze(1)
+    joint = torch.bincount(flat_index.flatten(), minlength=num_neurons * num_bins * num_classes)
+    joint = joint.reshape(num_neurons, num_bins, num_classes).double()
+    bin_totals = joint.sum(dim=2, keepdim=True)
+
+    # The contingency table of b(a_c) against 1[y = k] has the columns n_bk and n_b - n_bk.
+    # torchmetrics' mutual-information formula turns each table into nats; the loop is C * K
+    # small calls once per compute, not per batch.
+    scores = torch.zeros(num_neurons, num_classes, dtype=torch.float64, device=pooled.device)
+    for neuron in range(num_neurons):
+        for class_index in range(num_classes):
+            inside = joint[neuron, :, class_index]
+            contingency = torch.stack([inside, bin_totals[neuron, :, 0] - inside], dim=1)
+            scores[neuron, class_index] = _mutual_info_score_compute(contingency[contingency.sum(dim=1) > 0])
+    return scores.max(dim=1).values.mean().float()
 
 
 def mutual_information_score(activations: Tensor, target: Tensor, num_classes: int, num_bins: int = 16) -> Tensor:
