@@ -108,3 +108,13 @@ def test_callback_requires_num_classes(tmp_path):
 
 def test_full_partition_adds_singletons():
     assert full_partition([[2, 0]], 3) == [[2, 0], [1]]
+
+
+def test_callback_scores_given_partition_on_validate(tmp_path):
+    callback = InterpretabilityMetrics(
+        layers=["conv"], metrics=["modularity", "focus_concentration"], partitions={"conv": [[5, 4]]}
+    )
+    trainer = Trainer(default_root_dir=tmp_path, logger=False, enable_progress_bar=False, callbacks=[callback])
+    trainer.validate(TinyConvNet(), dataloaders=_loader(1), verbose=False)
+    assert callback.layer_metrics("conv")["modularity"].partition == [[5, 4], [0], [1], [2], [3]]
+    assert "interp/conv/focus_concentration" in trainer.callback_metrics

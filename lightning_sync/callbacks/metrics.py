@@ -14,7 +14,7 @@ from torchmetrics import Metric
 from typing_extensions import override
 
 from lightning_sync._validation import check_choice, check_fraction, check_positive, check_positive_int
-from lightning_sync.capture import ActivationCapture, default_layer_name, normalize_layer_names
+from lightning_sync.capture import ActivationCapture, canonical_name, default_layer_name, normalize_layer_names
 from lightning_sync.functional.sync import module_labels as direction_module_labels
 from lightning_sync.functional.sync import modules_from_labels, neuron_directions
 from lightning_sync.metrics import (
@@ -87,8 +87,8 @@ class InterpretabilityMetrics(Callback):
     ``batch[1]`` for a tuple or list, ``batch["label"]`` (or ``"target"``, ``"y"``) for a dict.
     Override it for other batch formats.
 
-    The module metrics score a partition of each layer's neurons. When a callback with a
-    ``modules`` mapping (a ``NeuronSynchronizer``) is among ``trainer.callbacks`` and has modules
+    The module metrics score a partition of each layer's neurons. A partition passed in
+    ``partitions`` comes first. Next, when a callback with a ``modules`` mapping (a ``NeuronSynchronizer``) is among ``trainer.callbacks`` and has modules
     for the layer, its modules are used, with every free neuron as a singleton module. Otherwise
     the callback applies the synchronizer's rule to the layer's weights: neurons whose weight
     directions lie within ``fallback_delta`` of each other form a module. Runs without
@@ -110,6 +110,8 @@ class InterpretabilityMetrics(Callback):
         k: neighbours per neuron of the synchronization order.
         fallback_delta: direction distance that joins neurons into modules when no synchronizer
             provides them; ``None`` to skip the module metrics then.
+        partitions: fixed modules per layer name (lists of neuron indices), for example those that
+            ``NeuronSynchronizer`` saved in ``modules.json``. Free neurons become singletons.
 
     Raises:
         ValueError: on an invalid argument, and in ``setup`` on an unknown layer, a layer without
@@ -132,6 +134,7 @@ class InterpretabilityMetrics(Callback):
         max_samples: int = 10_000,
         k: int = 3,
         fallback_delta: float | None = 0.5,
+        partitions: Mapping[str, Sequence[Sequence[int]]] | None = None,
     ) -> None:
         self.layers = normalize_layer_names(layers)
         self.num_classes = None if num_classes is None else check_positive_int("num_classes", num_classes)
@@ -147,6 +150,10 @@ class InterpretabilityMetrics(Callback):
         self.max_samples = check_positive_int("max_samples", max_samples)
         self.k = check_positive_int("k", k)
         self.fallback_delta = None if fallback_delta is None else check_positive("fallback_delta", fallback_delta)
+        self.partitions = {
+            canonical_name(layer): [[int(neuron) for neuron in module] for module in modules]
+            for layer, modules in (partitions or {}).items()
+        }
 
         self._capture = ActivationCapture(capture_no_grad=True, detach=True)
         self._layer_metrics: dict[str, dict[str, Metric]] = {}
@@ -298,9 +305,11 @@ class InterpretabilityMetrics(Callback):
     def partition(self, trainer: pl.Trainer, layer: str, weight: Tensor) -> list[list[int]] | None:
         """Return the module partition of ``layer`` that the module metrics score, or ``None`` to skip them.
 
-        The synchronizer's modules (free neurons as singletons) when one is among the callbacks and
-        has modules for the layer, else the weight-direction modules at ``fallback_delta``.
+        In order: the layer's entry of ``partitions``, the modules of a synchronizer among the
+        callbacks, the weight-direction modules at ``fallback_delta``. Free neurons become singletons.
         """
+        if layer in self.partitions:
+            return full_partition(self.partitions[layer], weight.shape[0])
         for callback in trainer.callbacks:
             modules = getattr(callback, "modules", None)
             if callback is not self and isinstance(modules, Mapping) and layer in modules:
