@@ -118,3 +118,21 @@ def test_callback_scores_given_partition_on_validate(tmp_path):
     trainer.validate(TinyConvNet(), dataloaders=_loader(1), verbose=False)
     assert callback.layer_metrics("conv")["modularity"].partition == [[5, 4], [0], [1], [2], [3]]
     assert "interp/conv/focus_concentration" in trainer.callback_metrics
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_callback_metrics_follow_module_device(tmp_path):
+    callback = InterpretabilityMetrics(layers=["conv"], num_bins=4)
+    trainer = Trainer(
+        default_root_dir=tmp_path,
+        accelerator="gpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        callbacks=[callback],
+    )
+    trainer.validate(TinyConvNet(), dataloaders=_loader(1), verbose=False)
+    for metric in callback.layer_metrics("conv").values():
+        assert metric.device.type == "cuda"
+    for name in METRIC_NAMES:
+        assert f"interp/conv/{name}" in trainer.callback_metrics, name
