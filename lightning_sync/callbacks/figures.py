@@ -17,7 +17,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from lightning_sync._validation import check_positive_int
-from lightning_sync.capture import ActivationCapture, default_layer_name, resolve_layers
+from lightning_sync.capture import ActivationCapture, canonical_name, default_layer_name, resolve_layers
 from lightning_sync.plotting import plot_focus_maps, strongest_neurons
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,16 @@ class FocusMapFigure(Callback):
             resolve_layers(pl_module, [self.layer or default_layer_name(pl_module)])
 
     def neuron_columns(self, trainer: pl.Trainer, layer: str, activations: Tensor) -> tuple[list[int], list[str]]:
-        """Neurons to draw and their column titles; the strongest ``num_neurons`` by default."""
+        """Choose the neurons to draw and their column titles.
+
+        When a :class:`~lightning_sync.NeuronSynchronizer` among ``trainer.callbacks`` has modules
+        in ``layer``, the columns are the neurons of each module side by side, largest module
+        first, titled ``"module <m> / neuron <i>"``, up to ``num_neurons`` columns. Otherwise they
+        are the ``num_neurons`` neurons with the strongest mean response.
+        """
+        modules = synchronized_modules(trainer, layer)
+        if modules:
+            return module_columns(modules, self.num_neurons)
         neurons = strongest_neurons(activations, self.num_neurons)
         return neurons, [f"neuron {index}" for index in neurons]
 
@@ -124,6 +133,36 @@ class FocusMapFigure(Callback):
         except StopIteration:
             return None
         return first_input_batch(batch)[: self.num_images]
+
+
+def synchronized_modules(trainer: pl.Trainer, layer: str) -> list[list[int]]:
+    """Modules of ``layer`` held by the first NeuronSynchronizer in ``trainer.callbacks`` that has any."""
+    # Imported here because lightning_sync.callbacks.sync imports run_directory from this module.
+    from lightning_sync.callbacks.sync import NeuronSynchronizer
+
+    for callback in trainer.callbacks:
+        if isinstance(callback, NeuronSynchronizer) and callback.modules.get(canonical_name(layer)):
+            return callback.modules[canonical_name(layer)]
+    return []
+
+
+def module_columns(modules: Sequence[Sequence[int]], limit: int) -> tuple[list[int], list[str]]:
+    """Lay out the neurons of ``modules`` side by side, module by module, at most ``limit`` columns.
+
+    Example::
+
+        >>> module_columns([[4, 7, 9], [1, 2]], limit=4)
+        ([4, 7, 9, 1], ['module 1 / neuron 4', 'module 1 / neuron 7', 'module 1 / neuron 9', 'module 2 / neuron 1'])
+    """
+    neurons: list[int] = []
+    titles: list[str] = []
+    for number, module in enumerate(modules, start=1):
+        for neuron in module:
+            if len(neurons) == limit:
+                return neurons, titles
+            neurons.append(neuron)
+            titles.append(f"module {number} / neuron {neuron}")
+    return neurons, titles
 
 
 def capture_activations(pl_module: pl.LightningModule, layer: str, images: Tensor) -> Tensor:

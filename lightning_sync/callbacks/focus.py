@@ -15,7 +15,7 @@ from typing_extensions import override
 
 from lightning_sync._validation import check_choice, check_positive, check_positive_int
 from lightning_sync.capture import ActivationCapture, default_layer_name, normalize_layer_names, require_activation_maps
-from lightning_sync.functional.focus import DEFAULT_FIRING_THRESHOLD, FocusMode, SigmaUnit, focus_penalty
+from lightning_sync.functional.focus import DEFAULT_FIRING_THRESHOLD, FocusMode, MassFunction, SigmaUnit, focus_penalty
 from lightning_sync.loss import register_loss_term, require_automatic_optimization, unregister_loss_term
 
 log = logging.getLogger(__name__)
@@ -26,13 +26,19 @@ _NON_SPATIAL_LAYERS = (nn.Linear, nn.Bilinear, nn.Embedding, nn.Conv1d, nn.Conv3
 class FocusRegularizer(Callback):
     r"""Add the focus penalty of the hooked layers to the training loss.
 
-    For every firing activation map ``A`` (ReLU applied) of a hooked layer, the penalty is the
-    share of its mass outside a Gaussian neighbourhood ``g`` of its focus position ``mu``:
+    For every firing activation map ``A`` of a hooked layer, the penalty is the share of its
+    mass ``m`` outside a Gaussian neighbourhood ``g`` of its focus position ``mu``:
 
     .. math::
 
-        P(A) = \frac{\sum_p A_p \, (1 - g_p)}{\sum_p A_p}, \qquad
+        P(A) = \frac{\sum_p m_p \, (1 - g_p)}{\sum_p m_p}, \qquad
         g_p = \exp\left(-\frac{\lVert p - \mu \rVert^2}{2 \sigma^2}\right)
+
+    The cell mass is ``m_p = exp(A_p / temperature)`` (``mass="softmax"``, the default) or
+    ``m_p = max(A_p, 0)`` (``mass="relu"``). The ReLU form has its minimum at maps where a single
+    cell barely fires, so it drives neurons towards silence: on the bundled digits it left 56% of
+    the neurons of the example CNN firing against 88% without regularization (weight 0.01, three
+    epochs, ``examples/compare.py``). The softmax form cannot be lowered by shifting a map down.
 
     The layer loss is the mean over firing ``(sample, neuron)`` pairs, and the added term is
     ``weight * sum over layers``. Maps that do not fire are left out, so silencing a neuron never
@@ -50,6 +56,8 @@ class FocusRegularizer(Callback):
         focus: ``"argmax"`` (peak cell) or ``"centroid"`` (activation-weighted mean position).
         firing_threshold: mass of a ReLU map at or below which it counts as not firing.
         warmup_steps: optimizer steps over which ``weight`` ramps linearly from 0; 0 disables the ramp.
+        mass: how a cell's activation becomes mass, ``"softmax"`` or ``"relu"``.
+        temperature: softmax temperature, in units of the layer's activation (``mass="softmax"`` only).
 
     Raises:
         ValueError: on an invalid argument, or in ``setup`` on an unknown or non-spatial layer.
@@ -70,6 +78,8 @@ class FocusRegularizer(Callback):
         focus: FocusMode = "argmax",
         firing_threshold: float = DEFAULT_FIRING_THRESHOLD,
         warmup_steps: int = 0,
+        mass: MassFunction = "softmax",
+        temperature: float = 1.0,
     ) -> None:
         self.layers = normalize_layer_names(layers)
         self.weight = check_positive("weight", weight)
@@ -78,8 +88,11 @@ class FocusRegularizer(Callback):
         self.focus = check_choice("focus", focus, ("argmax", "centroid"))
         self.firing_threshold = check_positive("firing_threshold", firing_threshold, allow_zero=True)
         self.warmup_steps = check_positive_int("warmup_steps", warmup_steps, allow_zero=True)
+        self.mass = check_choice("mass", mass, ("softmax", "relu"))
+        self.temperature = check_positive("temperature", temperature)
 
         self._capture = ActivationCapture()
+        self._resolved_layers: list[str] = []
         self._trainer: pl.Trainer | None = None
         self._skipped_steps = 0
 
@@ -90,8 +103,8 @@ class FocusRegularizer(Callback):
 
     @property
     def hooked_layers(self) -> list[str]:
-        """Canonical names of the hooked layers (empty before ``setup``)."""
-        return list(self._capture.layers)
+        """Canonical names of the layers resolved in the last ``setup`` (empty before it)."""
+        return list(self._resolved_layers)
 
     def current_weight(self, global_step: int) -> float:
         """Weight of the penalty at optimizer step ``global_step``, after the warm-up ramp."""
@@ -115,6 +128,7 @@ class FocusRegularizer(Callback):
                     " FocusRegularizer cannot hook it. Choose a Conv2d layer (or a block that outputs (N, C, H, W))."
                 )
 
+        self._resolved_layers = list(layers)
         self._trainer = trainer
         register_loss_term(trainer, self.state_key, self._loss_term)
 
@@ -147,14 +161,16 @@ class FocusRegularizer(Callback):
 
         penalties: dict[str, Tensor] = {}
         batch_size = 1
-        for name in self._capture.layers:
+        for name in self._resolved_layers:
             outputs = self._capture.outputs(name)
             if not outputs:
                 continue
             for output in outputs:
                 require_activation_maps(name, output)
             batch_size = outputs[0].shape[0]
-            layer_penalties = [focus_penalty(output, self.sigma, self.sigma_unit, self.focus, self.firing_threshold) for output in outputs]
+            layer_penalties = [focus_penalty(
+                    output, self.sigma, self.sigma_unit, self.focus, self.firing_threshold, self.mass, self.temperature
+                ) for output in outputs]
             penalties[name] = torch.stack(layer_penalties).mean()
         self._capture.clear()
         if not penalties:

@@ -31,6 +31,7 @@ from lightning_sync.functional.sync import (
     neuron_directions,
     order_parameter,
     pooled_activations,
+    revert_oversized_modules,
     similarity_distances,
     synchronization_step,
     weight_similarity,
@@ -59,9 +60,11 @@ class NeuronSynchronizer(Callback):
     neighbours; see :func:`~lightning_sync.functional.sync.local_neighbourhoods`. Similarity is
     the cosine of the directions (``"weight"``) or the Pearson correlation of the spatially
     pooled ReLU activations (``"activation"``). The correlation is computed over the training
-    batches since the previous update, summed over all processes. Links between two modules
-    whose union would exceed ``max_module_share`` of the layer are dropped, so the coupling never
-    merges a layer into one global module.
+    batches since the previous update, summed over all processes.
+
+    The coupling never builds a module of more than ``max_module_share`` of the layer's neurons.
+    Links between two modules whose union would exceed that share are dropped, and a neuron
+    that the update still moves into an oversized module keeps its previous direction.
 
     The update runs in float32 under ``torch.no_grad()`` and writes into ``param.data``. The
     Parameter objects stay the same, so the optimizer state and DDP's buckets keep working.
@@ -309,6 +312,7 @@ class NeuronSynchronizer(Callback):
             neighbours = limit_module_growth(neighbours, labels, self._max_module_size(neurons))
 
             updated = synchronization_step(directions, neighbours, coupling)
+            updated = revert_oversized_modules(directions, updated, self.delta, self._max_module_size(neurons), norms > 0)
             target = updated * norms[:, None]
             if not torch.isfinite(target).all():
                 self._skip(trainer, name, "the update produced NaN or infinite values")

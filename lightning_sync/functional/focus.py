@@ -18,6 +18,7 @@ from torch import Tensor
 
 FocusMode = Literal["argmax", "centroid"]
 SigmaUnit = Literal["cells", "fraction"]
+MassFunction = Literal["softmax", "relu"]
 
 DEFAULT_FIRING_THRESHOLD = 1e-6
 """Activation mass of a map at or below which the map counts as not firing."""
@@ -113,30 +114,48 @@ def focus_penalty_per_map(
     sigma_unit: SigmaUnit = "cells",
     mode: FocusMode = "argmax",
     threshold: float = DEFAULT_FIRING_THRESHOLD,
+    mass: MassFunction = "relu",
+    temperature: float = 1.0,
 ) -> tuple[Tensor, Tensor]:
     """Share of each map's mass outside the neighbourhood of its focus position.
 
-    ``penalty = sum_p A[p] (1 - g(p)) / sum_p A[p]`` with ``A`` the ReLU map and ``g`` the
-    Gaussian neighbourhood of :func:`gaussian_neighbourhood`. Computed in float32.
+    ``penalty = sum_p m_p (1 - g_p) / sum_p m_p`` with ``g`` the Gaussian neighbourhood of
+    :func:`gaussian_neighbourhood` and ``m`` the mass of each cell:
+
+    - ``mass="relu"``: ``m_p = max(A_p, 0)``, the activation itself;
+    - ``mass="softmax"``: ``m_p = exp(A_p / temperature)``, a spatial softmax of the map. Adding a
+      constant to a map leaves this penalty unchanged, so it cannot be lowered by shifting a
+      neuron's bias towards silence; with ``relu`` mass, the sparsest map (one cell that barely
+      fires) is the minimum, and training drifts towards silent neurons.
+
+    Computed in float32. A map fires when its ReLU mass exceeds ``threshold``, whatever ``mass``.
 
     Returns:
         ``(penalty, firing)``, both ``(N, C)``. ``penalty`` is 0 where the map does not fire, and
         no gradient flows into such maps.
     """
     _check_maps(activations)
-    maps = activations.float().clamp_min(0)
+    maps = activations.float()
     height, width = maps.shape[-2:]
     sigma_cells = sigma_in_cells(sigma, sigma_unit, height, width)
 
     positions = focus_positions(maps, mode)
     neighbourhood = gaussian_neighbourhood(positions, height, width, sigma_cells)
+    firing = maps.clamp_min(0).sum(dim=(2, 3)) > threshold
 
-    mass = maps.sum(dim=(2, 3))
-    firing = mass > threshold
-    outside = (maps * (1 - neighbourhood)).sum(dim=(2, 3))
-    # The safe denominator keeps the gradient of non-firing maps at 0 instead of 0 * inf = NaN.
-    safe_mass = torch.where(firing, mass, torch.ones_like(mass))
-    penalty = torch.where(firing, outside / safe_mass, torch.zeros_like(mass))
+    if mass == "relu":
+        cell_mass = maps.clamp_min(0)
+        total_mass = cell_mass.sum(dim=(2, 3))
+        outside = (cell_mass * (1 - neighbourhood)).sum(dim=(2, 3))
+        # The safe denominator keeps the gradient of non-firing maps at 0 instead of 0 * inf = NaN.
+        share = outside / torch.where(firing, total_mass, torch.ones_like(total_mass))
+    elif mass == "softmax":
+        cell_share = torch.softmax(maps.flatten(2) / temperature, dim=2).view_as(maps)
+        share = (cell_share * (1 - neighbourhood)).sum(dim=(2, 3))
+    else:
+        raise ValueError(f"Expected `mass` to be 'softmax' or 'relu', but got {mass!r}.")
+
+    penalty = torch.where(firing, share, torch.zeros_like(share))
     return penalty, firing
 
 
@@ -146,6 +165,8 @@ def focus_penalty(
     sigma_unit: SigmaUnit = "cells",
     mode: FocusMode = "argmax",
     threshold: float = DEFAULT_FIRING_THRESHOLD,
+    mass: MassFunction = "relu",
+    temperature: float = 1.0,
 ) -> Tensor:
     """Mean focus penalty over the firing maps of a batch, a scalar in ``[0, 1)``.
 
@@ -162,7 +183,7 @@ def focus_penalty(
         >>> round(focus_penalty(torch.ones(1, 1, 1, 3)).item(), 4)
         0.4194
     """
-    penalty, firing = focus_penalty_per_map(activations, sigma, sigma_unit, mode, threshold)
+    penalty, firing = focus_penalty_per_map(activations, sigma, sigma_unit, mode, threshold, mass, temperature)
     count = firing.sum()
     return penalty.sum() / count.clamp_min(1)
 

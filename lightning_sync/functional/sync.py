@@ -348,7 +348,8 @@ def limit_module_growth(neighbours: Tensor, labels: Tensor, max_size: int) -> Te
     """Drop the links between two different modules whose union would have more than ``max_size`` neurons.
 
     Each pair of modules is checked on its own, so three modules that are each allowed to join
-    their partner can still merge in one step into more than ``max_size`` neurons.
+    their partner can still merge in one step into more than ``max_size`` neurons;
+    :func:`revert_oversized_modules` catches that case after the update.
 
     Example::
 
@@ -360,3 +361,38 @@ def limit_module_growth(neighbours: Tensor, labels: Tensor, max_size: int) -> Te
     different = labels[:, None] != labels[None, :]
     too_large = sizes[:, None] + sizes[None, :] > max_size
     return neighbours & ~(different & too_large)
+
+
+def revert_oversized_modules(
+    previous: Tensor, updated: Tensor, delta: float, max_size: int, valid: Tensor | None = None
+) -> Tensor:
+    """Undo the update of every moved neuron that ends up in a module of more than ``max_size`` neurons.
+
+    The check repeats until no moved neuron is in an oversized module, because reverting some
+    neurons can change the modules of the rest. Each round reverts at least one neuron, so it
+    ends after at most ``C`` rounds. A module that was already oversized before the update
+    (formed by the optimizer, for example) is not split. Its neurons only keep their old
+    directions, so the coupling never makes it tighter or larger.
+
+    NOTE: this is a brake, not a split. When a large group converges at once (for example with
+    every neuron coupled to every other one), all of its moves are reverted at every update and
+    the group stays unsynchronized. The local neighbourhoods of :func:`local_neighbourhoods` make
+    that case unlikely, and the tests cover it only with an all-to-all graph.
+
+    Example::
+
+        >>> previous = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
+        >>> updated = torch.tensor([[0.6, 0.8], [0.6, 0.8], [0.6, 0.8]])
+        >>> torch.equal(revert_oversized_modules(previous, updated, delta=0.1, max_size=2), previous)
+        True
+    """
+    directions = updated
+    moved = (updated != previous).any(dim=1)
+    while True:
+        labels = module_labels(directions, delta, valid)
+        sizes = torch.bincount(labels, minlength=labels.shape[0])[labels]
+        revert = (sizes > max_size) & moved
+        if not revert.any():
+            return directions
+        directions = torch.where(revert[:, None], previous, directions)
+        moved = moved & ~revert
