@@ -120,6 +120,30 @@ def test_callback_scores_given_partition_on_validate(tmp_path):
     assert "interp/conv/focus_concentration" in trainer.callback_metrics
 
 
+def _validate_interp_values(root, **trainer_kwargs) -> dict:
+    torch.manual_seed(0)
+    model = TinyConvNet()
+    trainer = Trainer(
+        default_root_dir=root,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[InterpretabilityMetrics(layers=["conv"], num_bins=4)],
+        **trainer_kwargs,
+    )
+    trainer.validate(model, dataloaders=_loader(1), verbose=False)
+    return {key: float(value) for key, value in trainer.callback_metrics.items() if key.startswith("interp/")}
+
+
+def test_callback_ddp_spawn_equals_single_process(tmp_path):
+    # Lightning's DistributedSampler gives each of the two processes half of the 48 validation samples.
+    single = _validate_interp_values(tmp_path / "single")
+    distributed = _validate_interp_values(tmp_path / "ddp", strategy="ddp_spawn", accelerator="cpu", devices=2)
+    assert set(distributed) == set(single)
+    for key, value in single.items():
+        assert distributed[key] == pytest.approx(value, abs=1e-6, nan_ok=True), key
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_callback_metrics_follow_module_device(tmp_path):
     callback = InterpretabilityMetrics(layers=["conv"], num_bins=4)
