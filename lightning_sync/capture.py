@@ -36,13 +36,15 @@ def canonical_name(name: str) -> str:
 def named_layers(model: nn.Module) -> dict[str, nn.Module]:
     """Map the canonical name of every submodule of ``model`` to the submodule.
 
-    The root module itself (empty name) is left out. When a wrapper makes two names point to
-    the same module, the first one in ``named_modules`` order is kept.
+    The root module itself (empty name) is left out. When a wrapper and the module it wraps share
+    a canonical name (``conv`` and ``conv._orig_mod`` after ``torch.compile(conv)``), the wrapped
+    module wins, because it owns the weights.
     """
     layers: dict[str, nn.Module] = {}
     for name, module in model.named_modules():
         key = canonical_name(name)
-        if key and key not in layers:
+        if key:
+            # named_modules lists a wrapper before the module it wraps, so the last one is the inner module.
             layers[key] = module
     return layers
 
@@ -145,7 +147,7 @@ class ActivationCapture:
 
         >>> net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU())
         >>> capture = ActivationCapture()
-        >>> capture.attach(net, ["0"])
+        >>> layers = capture.attach(net, ["0"])
         >>> capture.enabled = True
         >>> _ = net(torch.ones(1, 1, 5, 5))
         >>> capture.outputs("0")[0].shape
