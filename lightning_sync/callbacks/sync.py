@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -313,7 +314,9 @@ class NeuronSynchronizer(Callback):
 
             updated = synchronization_step(directions, neighbours, coupling)
             updated = revert_oversized_modules(directions, updated, self.delta, self._max_module_size(neurons), norms > 0)
-            target = updated * norms[:, None]
+            # Rows that did not move keep their exact values instead of a rounded |w| * w / |w|.
+            moved = (updated != directions).any(dim=1)
+            target = torch.where(moved[:, None], updated * norms[:, None], current.reshape(neurons, -1))
             if not torch.isfinite(target).all():
                 self._skip(trainer, name, "the update produced NaN or infinite values")
                 return
@@ -412,7 +415,8 @@ class NeuronSynchronizer(Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {
+        # Copies, so that a saved state does not change with later updates.
+        return copy.deepcopy({
             "layers": self.hooked_layers or self.layers,
             "optimizer_steps": self._optimizer_steps,
             "last_global_step": self._last_global_step,
@@ -424,7 +428,7 @@ class NeuronSynchronizer(Callback):
             "free_neurons": self.free_neurons,
             "order": self.order,
             "residuals": {name: residual.cpu() for name, residual in self._residuals.items()},
-        }
+        })
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
