@@ -154,6 +154,7 @@ class NeuronSynchronizer(Callback):
         self._layers: dict[str, nn.Module] = {}
         self._capture = ActivationCapture(detach=True)
         self._moments: dict[str, Tensor] = {}
+        self._restored_moments: dict[str, Tensor] = {}
         self._residuals: dict[str, Tensor] = {}
         self._optimizer_steps = 0
         self._updates = 0
@@ -273,6 +274,10 @@ class NeuronSynchronizer(Callback):
             moments = self._moments.pop(name, None)
             if self.similarity == "activation":
                 moments = self._reduced_moments(trainer, layer, moments)
+                restored = self._restored_moments.pop(name, None)
+                if restored is not None and restored.shape == moments.shape:
+                    # Every rank restored the same statistics, so they are added after the reduction.
+                    moments = moments + restored.to(moments.device)
             self._synchronize_layer(trainer, name, layer.weight, coupling, moments)
 
     def _reduced_moments(self, trainer: pl.Trainer, layer: nn.Module, moments: Tensor | None) -> Tensor:
@@ -428,7 +433,21 @@ class NeuronSynchronizer(Callback):
             "free_neurons": self.free_neurons,
             "order": self.order,
             "residuals": {name: residual.cpu() for name, residual in self._residuals.items()},
+            # The activation statistics since the last update, so that a resumed fit's next update
+            # sees the whole window. NOTE: under DDP the checkpoint holds rank 0's statistics only,
+            # so the first update after resuming misses the other ranks' part of the window.
+            "moments": {name: self._pending_moments(name).cpu() for name in self._moments.keys() | self._restored_moments.keys()},
         })
+
+    def _pending_moments(self, name: str) -> Tensor:
+        """This process's activation statistics of layer ``name`` since the last update, restored ones included."""
+        local = self._moments.get(name)
+        restored = self._restored_moments.get(name)
+        if local is None:
+            return restored
+        if restored is None:
+            return local
+        return local + restored.to(local.device)
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -441,3 +460,4 @@ class NeuronSynchronizer(Callback):
         self.free_neurons = {name: list(free) for name, free in state_dict.get("free_neurons", {}).items()}
         self.order = {name: float(value) for name, value in state_dict.get("order", {}).items()}
         self._residuals = dict(state_dict.get("residuals", {}))
+        self._restored_moments = dict(state_dict.get("moments", {}))
