@@ -18,7 +18,11 @@ CLASSES = 3
 
 
 def make_images(count: int, seed: int = 0) -> TensorDataset:
-    """``count`` random 1 x 6 x 6 images with class labels, the same for the same seed."""
+    """``count`` random 1 x 6 x 6 images with class labels, the same for the same ``count`` and seed.
+
+    The first images of a larger ``count`` differ from those of a smaller one, so a reference
+    computation must ask for the same ``count`` as the model's ``train_size``.
+    """
     generator = torch.Generator().manual_seed(seed)
     images = torch.randn(count, 1, IMAGE_SIZE, IMAGE_SIZE, generator=generator)
     labels = torch.randint(0, CLASSES, (count,), generator=generator)
