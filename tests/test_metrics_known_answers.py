@@ -62,7 +62,7 @@ def test_active_neuron_rate_counts_shares():
     assert metric.compute().item() == pytest.approx(2 / 3)
 
 
-def test_class_selectivity_paper_values():
+def test_class_selectivity_hand_values():
     # Class means per neuron: neuron 0 (4, 0, 0), neuron 1 (1, 2, 3), neuron 2 never fires.
     pooled = torch.tensor([[4.0, 1.0, 0.0], [0.0, 2.0, 0.0], [0.0, 3.0, 0.0]])
     target = torch.tensor([0, 1, 2])

@@ -71,12 +71,12 @@ def test_module_consistency_matches_sklearn_ari(seed):
     labels = torch.randint(0, 3, (12,), generator=generator)
     partition = [torch.nonzero(labels == module).flatten().tolist() for module in range(3)]
     partition = [module for module in partition if module]
-    given = np.empty(12, dtype=int)
+    given_labels = np.empty(12, dtype=int)
     for index, module in enumerate(partition):
-        given[module] = index
+        given_labels[module] = index
 
     derived = derive_partition_labels(torch.from_numpy(np.corrcoef(pooled.numpy().T)).float(), len(partition))
-    expected = sklearn_adjusted_rand_score(given, derived.numpy())
+    expected = sklearn_adjusted_rand_score(given_labels, derived.numpy())
     assert module_consistency(pooled, partition).item() == pytest.approx(expected, abs=1e-5)
 
 
