@@ -42,6 +42,10 @@ def test_config_runs_few_batches(config, tmp_path, monkeypatch):
     assert "val/acc" in header
     if "focus" in config.stem:
         assert "focus/conv3/loss" in header
+    if "sync" in config.stem:
+        assert "sync/conv3/order" in header
+        assert "sync/conv3/modules" in header
+        assert (tmp_path / "modules.json").is_file()
 
 
 def test_python_module_entry_point(tmp_path):

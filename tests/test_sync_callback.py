@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import lightning.pytorch as pl
@@ -12,13 +13,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import Trainer
+from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_sync import FocusMapFigure, NeuronSynchronizer
 from lightning_sync.callbacks.figures import module_columns
 from lightning_sync.functional.sync import direction_distances, neuron_directions
-from tests.test_sync_functional import FREE, GROUP_A, GROUP_B, planted_filters
+from test_sync_functional import FREE, GROUP_A, GROUP_B, planted_filters
 
 
 class PlantedNet(pl.LightningModule):
@@ -135,6 +137,14 @@ def test_setup_rejects_unsupported_layer_type(tmp_path):
     trainer = make_trainer(tmp_path, [NeuronSynchronizer(layers=["norm"])], max_steps=1)
     with pytest.raises(ValueError, match="Layer 'norm' is a BatchNorm2d, but NeuronSynchronizer supports only Conv1d, Conv2d"):
         trainer.fit(NormNet())
+
+
+@pytest.mark.parametrize("strategy", [FSDPStrategy, DeepSpeedStrategy])
+def test_setup_rejects_sharding_strategy(strategy):
+    # A bare instance, because these strategies cannot start on this CPU-only machine.
+    trainer = SimpleNamespace(strategy=strategy.__new__(strategy))
+    with pytest.raises(ValueError, match=f"cannot run under {strategy.__name__}, because it shards the weights"):
+        NeuronSynchronizer().setup(trainer, PlantedNet(), "fit")  # type: ignore[arg-type]
 
 
 def test_planted_groups_synchronize_in_training(tmp_path):
@@ -403,3 +413,34 @@ def test_training_run_no_global_module(tmp_path, neighbourhood):
     assert synchronizer.updates == 48
     assert modules
     assert max(len(module) for module in modules) <= 8
+
+
+class RankRecorder(pl.Callback):
+    """Save each rank's final conv weight and the synchronizer's neighbourhoods to ``<directory>/rank<r>.pt``."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def on_fit_end(self, trainer: Trainer, pl_module: pl.LightningModule) -> None:
+        synchronizer = next(callback for callback in trainer.callbacks if isinstance(callback, NeuronSynchronizer))
+        state = {"weight": pl_module.conv.weight.detach().cpu(), "neighbourhoods": synchronizer.neighbourhoods}
+        torch.save(state, self.directory / f"rank{trainer.global_rank}.pt")
+
+
+def test_ddp_ranks_end_with_identical_state(tmp_path):
+    # Each rank sees other batches, so only the reduced activation statistics give both ranks
+    # the same neighbourhoods.
+    synchronizer = NeuronSynchronizer(layers=["conv"], similarity="activation", k=2, coupling=0.3)
+    trainer = make_trainer(
+        tmp_path,
+        [synchronizer, RankRecorder(tmp_path)],
+        max_steps=3,
+        strategy="ddp_spawn",
+        devices=2,
+    )
+    trainer.fit(PlantedNet(lr=0.05))
+
+    ranks = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(2)]
+    assert torch.equal(ranks[0]["weight"], ranks[1]["weight"])
+    assert ranks[0]["neighbourhoods"] == ranks[1]["neighbourhoods"]
+    assert any(ranks[0]["neighbourhoods"]["conv"])

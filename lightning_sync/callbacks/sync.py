@@ -14,6 +14,7 @@ import lightning.pytorch as pl
 import torch
 import torch.distributed
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from torch import Tensor, nn
 from typing_extensions import override
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 
 _SUPPORTED_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 _FULL_PRECISION = (torch.float32, torch.float64)
+_UNSUPPORTED_STRATEGIES = (FSDPStrategy, DeepSpeedStrategy)
 
 
 class NeuronSynchronizer(Callback):
@@ -105,8 +107,8 @@ class NeuronSynchronizer(Callback):
 
     Raises:
         ValueError: on an invalid argument, and in ``setup`` on an unknown or unsupported layer, a
-            layer with fewer than 2 neurons, ``k`` not below the neuron count, or a
-            ``max_module_share`` that allows no module of 2 neurons.
+            layer with fewer than 2 neurons, ``k`` not below the neuron count, a
+            ``max_module_share`` that allows no module of 2 neurons, or an FSDP or DeepSpeed strategy.
 
     Example::
 
@@ -193,6 +195,12 @@ class NeuronSynchronizer(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
+        if isinstance(trainer.strategy, _UNSUPPORTED_STRATEGIES):
+            raise ValueError(
+                f"NeuronSynchronizer cannot run under {type(trainer.strategy).__name__}, because it shards the"
+                " weights or keeps its own copy of them in the optimizer, so an update of `param.data` would be"
+                " lost or partial. Use a single device or DDP."
+            )
         names = self.layers if self.layers is not None else [default_layer_name(pl_module)]
         layers = self._capture.attach(pl_module, names)
         try:

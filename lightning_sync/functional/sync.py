@@ -81,8 +81,8 @@ def activation_moments(pooled: Tensor) -> Tensor:
     r"""Sufficient statistics of a Pearson correlation as one float64 ``(C + 1, C + 1)`` matrix.
 
     With :math:`z = (1, x_1, \dots, x_C)` for each sample, the result is :math:`\sum z z^\top`.
-    Entry ``[0, 0]`` is the sample count, row 0 holds the sums and the rest holds the sums of
-    products. Moments of several batches, or of several processes, add up, so a single
+    Entry ``[0, 0]`` is the sample count, row 0 contains the sums and the rest contains the sums
+    of products. Moments of several batches, or of several processes, add up, so a single
     ``all_reduce(sum)`` gives every rank the statistics of the whole window.
 
     Example::
