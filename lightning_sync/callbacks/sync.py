@@ -43,6 +43,19 @@ log = logging.getLogger(__name__)
 
 _SUPPORTED_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 _FULL_PRECISION = (torch.float32, torch.float64)
+
+
+def _pruned_weight(layer: nn.Module) -> tuple[Tensor, Tensor] | None:
+    """Return ``(weight_orig, weight_mask)`` of a layer pruned by ``torch.nn.utils.prune``, else ``None``.
+
+    Lightning's ``ModelPruning`` uses ``torch.nn.utils.prune``, which turns ``weight`` into a
+    plain tensor recomputed as ``weight_orig * weight_mask`` before every forward pass.
+    """
+    original = getattr(layer, "weight_orig", None)
+    mask = getattr(layer, "weight_mask", None)
+    if isinstance(original, Tensor) and isinstance(mask, Tensor):
+        return original, mask
+    return None
 _UNSUPPORTED_STRATEGIES = (FSDPStrategy, DeepSpeedStrategy)
 
 
@@ -327,6 +340,11 @@ class NeuronSynchronizer(Callback):
 
             updated = synchronization_step(directions, neighbours, coupling)
             updated = revert_oversized_modules(directions, updated, self.delta, self._max_module_size(neurons), norms > 0)
+            pruned = _pruned_weight(self._layers[name])
+            if pruned is not None:
+                # Pruned entries stay zero, so each direction moves within its unpruned entries.
+                updated = updated * pruned[1].detach().reshape(neurons, -1).to(updated)
+                updated = updated / updated.norm(dim=1, keepdim=True).clamp_min(torch.finfo(updated.dtype).tiny)
             # Rows that did not move keep their exact values instead of a rounded |w| * w / |w|.
             moved = (updated != directions).any(dim=1)
             target = torch.where(moved[:, None], updated * norms[:, None], current.reshape(neurons, -1))
@@ -340,17 +358,26 @@ class NeuronSynchronizer(Callback):
         self._updates += 1
 
     def _write(self, trainer: pl.Trainer, name: str, weight: Tensor, target: Tensor) -> None:
-        """Copy ``target`` into ``weight`` in place, carrying what the weight's dtype rounds away."""
-        weight.data.copy_(target.to(weight.dtype))
-        if weight.dtype in _FULL_PRECISION:
+        """Copy ``target`` into ``weight`` in place, carrying what the weight's dtype rounds away.
+
+        On a pruned layer the update also goes into ``weight_orig``, because ``weight`` is
+        recomputed from it before the next forward pass.
+        """
+        pruned = _pruned_weight(self._layers[name])
+        stored = weight if pruned is None else pruned[0]
+        written = [weight] if stored is weight else [stored, weight]
+        for tensor in written:
+            tensor.data.copy_(target.to(tensor.dtype))
+        if stored.dtype in _FULL_PRECISION:
             self._residuals.pop(name, None)
         else:
-            self._residuals[name] = target - weight.detach().float()
+            self._residuals[name] = target - stored.detach().float()
 
         if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
             # Ranks compute the same update from the same weights; the broadcast also removes
             # last-bit differences from non-deterministic kernels.
-            torch.distributed.broadcast(weight.data, src=0)
+            for tensor in written:
+                torch.distributed.broadcast(tensor.data, src=0)
 
     def _refresh_modules(self, name: str, directions: Tensor, valid: Tensor, neighbours: Tensor) -> None:
         labels = module_labels(directions, self.delta, valid)
