@@ -404,15 +404,24 @@ class DigitLikeNet(pl.LightningModule):
         return DataLoader(TensorDataset(self.images, self.labels), batch_size=16, shuffle=True)
 
 
-@pytest.mark.parametrize("neighbourhood", ["knn", "epsilon"])
-def test_training_run_no_global_module(tmp_path, neighbourhood):
+@pytest.mark.parametrize(
+    ("neighbourhood", "max_module_share", "max_size"),
+    [
+        ("knn", 0.5, 8),
+        # Without the cap, only the local neighbourhoods keep the 16 filters apart.
+        ("epsilon", 1.0, 15),
+    ],
+)
+def test_training_run_no_global_module(tmp_path, neighbourhood, max_module_share, max_size):
     torch.manual_seed(0)
-    synchronizer = NeuronSynchronizer(layers=["conv2"], neighbourhood=neighbourhood, k=4, coupling=1.0, delta=0.5)
-    make_trainer(tmp_path, [synchronizer], max_epochs=6).fit(DigitLikeNet())
+    synchronizer = NeuronSynchronizer(
+        layers=["conv2"], neighbourhood=neighbourhood, k=4, coupling=1.0, delta=0.5, max_module_share=max_module_share
+    )
+    make_trainer(tmp_path, [synchronizer], max_epochs=4).fit(DigitLikeNet())
     modules = synchronizer.modules["conv2"]
-    assert synchronizer.updates == 48
+    assert synchronizer.updates == 32
     assert modules
-    assert max(len(module) for module in modules) <= 8
+    assert max(len(module) for module in modules) <= max_size
 
 
 class RankRecorder(pl.Callback):

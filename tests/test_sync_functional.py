@@ -311,7 +311,7 @@ def test_growth_limit_stops_global_coupling():
     everyone = ~torch.eye(16, dtype=torch.bool)
     unlimited = arc_directions()
     limited = arc_directions()
-    for _ in range(100):
+    for _ in range(30):
         unlimited = synchronization_step(unlimited, everyone, 0.5)
         neighbours = limit_module_growth(everyone, module_labels(limited, 0.05), max_size=8)
         limited = revert_oversized_modules(limited, synchronization_step(limited, neighbours, 0.5), 0.05, max_size=8)

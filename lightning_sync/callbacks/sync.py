@@ -267,8 +267,8 @@ class NeuronSynchronizer(Callback):
             self._accumulate_moments()
         self._capture.clear()
 
-        # Lightning raises global_step once per optimizer step, so gradient accumulation and
-        # skipped steps are counted right.
+        # Lightning increases global_step once per optimizer step, so with gradient accumulation
+        # the update runs once per optimizer step, not once per batch.
         if self._last_global_step is None:
             self._last_global_step = trainer.global_step
         if trainer.global_step != self._last_global_step:
@@ -277,6 +277,9 @@ class NeuronSynchronizer(Callback):
             coupling = self.current_coupling(self._optimizer_steps)
             if coupling > 0 and self._optimizer_steps % self.interval == 0:
                 self._synchronize(trainer, coupling)
+            elif coupling == 0:
+                # Before start_step, so the first window starts at start_step, not at step 0.
+                self._moments = {}
 
         for name in self._layers:
             if name in self.order:
