@@ -160,6 +160,7 @@ class FocusRegularizer(Callback):
         weight = self.current_weight(trainer.global_step)
 
         penalties: dict[str, Tensor] = {}
+        finite: list[Tensor] = []
         batch_size = 1
         for name in self._resolved_layers:
             outputs = self._capture.outputs(name)
@@ -167,6 +168,7 @@ class FocusRegularizer(Callback):
                 continue
             for output in outputs:
                 require_activation_maps(name, output)
+                finite.append(torch.isfinite(output).all())
             batch_size = outputs[0].shape[0]
             layer_penalties = [focus_penalty(
                     output, self.sigma, self.sigma_unit, self.focus, self.firing_threshold, self.mass, self.temperature
@@ -177,8 +179,11 @@ class FocusRegularizer(Callback):
             return None
 
         total = torch.stack(list(penalties.values())).sum()
-        if not torch.isfinite(total):
-            # NaN or infinite activations: adding the term would write NaN into every weight.
+        # A NaN map counts as not firing, so its penalty is 0 and the total can stay finite, but
+        # the backward pass through that zero still gives NaN gradients. The activations are
+        # checked as well, in the same host synchronization as the total.
+        if not bool(torch.stack([*finite, torch.isfinite(total)]).all()):
+            # Adding the term would write NaN into every weight that the hooked layers depend on.
             self._skipped_steps += 1
             rank_zero_warn(
                 f"FocusRegularizer skipped the focus penalty at step {trainer.global_step} because the activations"
