@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+import inspect
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import torch
 from torch import Tensor
 from torchmetrics import Metric
+from torchmetrics.utilities import rank_zero_warn
 from torchmetrics.utilities.plot import _AX_TYPE, _PLOT_OUT_TYPE
 
 from lightning_sync._validation import check_positive_int
@@ -18,6 +22,30 @@ class InterpretabilityMetric(Metric):
 
     is_differentiable = False
     full_state_update = False
+    _skipped_updates = 0
+
+    def _wrap_update(self, update: Callable) -> Callable:
+        """Wrap torchmetrics' ``update`` so that a call with NaN or infinite values changes no state.
+
+        The first argument of every ``update`` here is the activations (the weight for
+        ``SynchronizationOrder``). One NaN in it would make the sums in the states NaN for good.
+        """
+        counted_update = super()._wrap_update(update)
+        first_parameter = next(iter(inspect.signature(update).parameters), None)
+
+        @functools.wraps(update)
+        def update_if_finite(*args: Any, **kwargs: Any) -> None:
+            values = args[0] if args else kwargs.get(first_parameter) if first_parameter else None
+            if isinstance(values, Tensor) and values.is_floating_point() and not bool(torch.isfinite(values).all()):
+                self._skipped_updates += 1
+                rank_zero_warn(
+                    f"{type(self).__name__} skipped an update because `{first_parameter}` contains NaN or infinite"
+                    f" values. The metric states were left unchanged ({self._skipped_updates} updates skipped so far)."
+                )
+                return
+            counted_update(*args, **kwargs)
+
+        return update_if_finite
 
     def plot(self, val: Tensor | Sequence[Tensor] | None = None, ax: _AX_TYPE | None = None) -> _PLOT_OUT_TYPE:
         """Plot one value or a sequence of values (one per epoch, say) of the metric.
