@@ -80,6 +80,8 @@ class MutualInformationScore(InterpretabilityMetric):
                 f"MutualInformationScore keeps at most `max_samples={self.max_samples}` samples per process and"
                 " ignores the rest. Raise `max_samples` to use all data."
             )
+        # NOTE: the buffer keeps the first samples, not a random subset, so with a loader sorted by
+        # class a full buffer misses the last classes.
         kept = min(room, pooled.shape[0])
         if kept <= 0:
             return
