@@ -472,8 +472,8 @@ class NeuronSynchronizer(Callback):
             "order": self.order,
             "residuals": {name: residual.cpu() for name, residual in self._residuals.items()},
             # The activation statistics since the last update, so that a resumed fit's next update
-            # sees the whole window. NOTE: under DDP the checkpoint holds rank 0's statistics only,
-            # so the first update after resuming misses the other ranks' part of the window.
+            # uses the whole window. NOTE: under DDP the checkpoint contains rank 0's statistics
+            # only, so the first update after resuming misses the other ranks' part of the window.
             "moments": {name: self._pending_moments(name).cpu() for name in self._moments.keys() | self._restored_moments.keys()},
         })
 
