@@ -35,7 +35,10 @@ class InterpretabilityMetric(Metric):
 
         @functools.wraps(update)
         def update_if_finite(*args: Any, **kwargs: Any) -> None:
-            values = args[0] if args else kwargs.get(first_parameter) if first_parameter else None
+            if args:
+                values = args[0]
+            else:
+                values = kwargs.get(first_parameter) if first_parameter else None
             if isinstance(values, Tensor) and values.is_floating_point() and not bool(torch.isfinite(values).all()):
                 self._skipped_updates += 1
                 rank_zero_warn(
