@@ -454,6 +454,8 @@ class NeuronSynchronizer(Callback):
         if stage != "fit":
             return
         self._capture.detach_hooks()
+        # NOTE: a checkpoint written by `trainer.save_checkpoint` after fit returns therefore lacks
+        # the statistics waiting for the next update. ModelCheckpoint saves during fit and keeps them.
         self._moments = {}
 
     @override
