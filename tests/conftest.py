@@ -86,7 +86,7 @@ class TinyConvNet(pl.LightningModule):
 
 
 def quiet_trainer(tmp_path: Path, **kwargs: Any) -> Trainer:
-    """A CPU Trainer without progress bar, logger, checkpoints or model summary, unless ``kwargs`` say otherwise."""
+    """Build a CPU Trainer without progress bar, logger, checkpoints or model summary. ``kwargs`` override any setting."""
     settings: dict[str, Any] = {
         "default_root_dir": tmp_path,
         "accelerator": "cpu",

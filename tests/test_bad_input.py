@@ -18,7 +18,7 @@ class ProbeNet(TinyConvNet):
 
     ``probe`` is a 4-channel convolution on the input images. On the batches in
     ``poisoned_batches`` one input pixel is replaced by ``poison`` (NaN or infinity), so the
-    probe's activations are not finite while the cross-entropy, which never sees the probe,
+    probe's activations are not finite while the cross-entropy, which does not use the probe,
     stays finite. ``single`` is a convolution with one output channel.
     """
 
@@ -207,7 +207,7 @@ def test_focus_rejects_manual_optimization(tmp_path):
 
 
 def test_synchronizer_supports_manual_optimization(tmp_path):
-    # Lightning raises global_step at every optimizer.step() of a manual training_step too.
+    # Lightning increases global_step at every optimizer.step() of a manual training_step too.
     model = ManualNet(lr=0.0)
     before = model.conv2.weight.detach().clone()
     synchronizer = NeuronSynchronizer(layers=["conv2"], k=2, coupling=0.5, max_module_share=1.0)

@@ -1,7 +1,7 @@
 """Callbacks on ``torch.compile``d LightningModules and on modules with a compiled submodule.
 
 The ``eager`` backend runs TorchDynamo's graph capture, which is where forward hooks and
-module names change, without the minutes that inductor's code generation takes on CPU.
+module names change, and skips inductor's code generation.
 """
 
 from __future__ import annotations

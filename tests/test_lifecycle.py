@@ -57,8 +57,8 @@ class ActivationTracker(Callback):
         self._batch = batch_idx
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        # Reference counting frees an activation as soon as nothing holds it, so no gc.collect()
-        # is needed here; one per batch would take most of the test's time.
+        # Reference counting frees an activation as soon as nothing references it, so no
+        # gc.collect() is needed here. One per batch would take most of the test's time.
         alive = sum(1 for batch, reference in self.references if batch < batch_idx and reference() is not None)
         self.alive_from_earlier_batches.append(alive)
         self.references = [(batch, reference) for batch, reference in self.references if reference() is not None]
@@ -191,7 +191,7 @@ class PruningWatcher(Callback):
 def test_synchronization_moves_pruned_weights(tmp_path):
     # With a learning rate of 0 only the synchronizer moves the weights. ModelPruning
     # reparametrizes conv2 after the first epoch, so `weight` is recomputed from `weight_orig`
-    # and `weight_mask` before every forward pass; an update written only into `weight` is lost.
+    # and `weight_mask` before every forward pass. An update written only into `weight` is lost.
     model = TinyConvNet(train_size=8, lr=0.0)
     synchronizer = NeuronSynchronizer(layers=["conv2"], k=2, coupling=0.3, max_module_share=1.0)
     pruning = ModelPruning(

@@ -9,7 +9,7 @@ from conftest import GradientRecorder, TinyConvNet, quiet_trainer, relative_erro
 from lightning_sync import FocusRegularizer, NeuronSynchronizer
 
 # Largest relative error (Frobenius norm) of the focus gradient against 32-true. bfloat16 keeps
-# 8 significant bits, so one rounding of a value is off by up to 2**-8 (0.4%); the tolerance
+# 8 significant bits, so one rounding of a value is off by up to 2**-8 (0.4%). The tolerance
 # leaves room for the roundings that add up through two convolutions.
 TOLERANCE = {"32-true": 1e-6, "bf16-mixed": 0.05, "bf16-true": 0.08, "16-mixed": 0.05}
 

@@ -14,9 +14,9 @@ STEPS_PER_EPOCH = 3
 
 
 def _callbacks() -> tuple[FocusRegularizer, NeuronSynchronizer]:
-    # Every schedule is still running at the checkpoint after 6 steps: the focus warm-up lasts 10
-    # steps, the coupling ramps from step 1 to step 9, and with updates every 4 steps the
-    # activation statistics of steps 5 and 6 are waiting for the update at step 8.
+    # Every schedule is still running at the checkpoint after 6 steps. The focus warm-up lasts 10
+    # steps and the coupling ramps from step 1 to step 9. With updates every 4 steps, the
+    # activation statistics of steps 5 and 6 wait for the update at step 8.
     focus = FocusRegularizer(layers=["conv2"], weight=0.5, warmup_steps=10)
     synchronizer = NeuronSynchronizer(
         layers=["conv2"], similarity="activation", k=2, coupling=0.3, interval=4, start_step=1, warmup_steps=8,
