@@ -437,7 +437,7 @@ class RankRecorder(pl.Callback):
 
 
 def test_ddp_ranks_end_with_identical_state(tmp_path):
-    # Each rank sees other batches, so only the reduced activation statistics give both ranks
+    # Each rank trains on other batches, so only the reduced activation statistics give both ranks
     # the same neighbourhoods.
     synchronizer = NeuronSynchronizer(layers=["conv"], similarity="activation", k=2, coupling=0.3)
     trainer = make_trainer(

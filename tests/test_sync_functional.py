@@ -268,7 +268,8 @@ def test_activation_similarity_constant_neuron_invalid():
     pooled[:, 1] = 0.0
     similarity, valid = activation_similarity(activation_moments(pooled))
     assert valid.tolist() == [True, False, True]
-    assert similarity[1, 0] == 0 and similarity[0, 1] == 0
+    assert similarity[1, 0] == 0
+    assert similarity[0, 1] == 0
     assert torch.isfinite(similarity).all()
 
 

@@ -71,7 +71,7 @@ class NeuronSynchronizer(Callback):
         u_i \leftarrow \operatorname{normalize}\Big(u_i + \frac{K}{|N_i|}
         \sum_{j \in N_i} \sin(u_j - u_i)\Big), \qquad w_i \leftarrow \lVert w_i \rVert \, u_i
 
-    The neighbourhood :math:`N_i` is local and adaptive. It holds at most the ``k`` most similar
+    The neighbourhood :math:`N_i` is local and adaptive. It contains at most the ``k`` most similar
     neurons (``"knn"``, symmetrized) within SynC's radius, the mean distance to the ``k`` nearest
     neighbours; see :func:`~lightning_sync.functional.sync.local_neighbourhoods`. Similarity is
     the cosine of the directions (``"weight"``) or the Pearson correlation of the spatially
@@ -305,7 +305,7 @@ class NeuronSynchronizer(Callback):
             self._synchronize_layer(trainer, name, layer.weight, coupling, moments)
 
     def _reduced_moments(self, trainer: pl.Trainer, layer: nn.Module, moments: Tensor | None) -> Tensor:
-        """Sum the activation statistics over all processes, so that every rank sees the same values."""
+        """Sum the activation statistics over all processes, so that every rank computes the same update."""
         if moments is None:
             # Every rank must join the reduction, even one that captured nothing.
             neurons = layer.weight.shape[0]
@@ -331,6 +331,8 @@ class NeuronSynchronizer(Callback):
                 similarity, varies = activation_similarity(moments.to(directions.device))
                 valid = valid & varies
             else:
+                # NOTE: silent neurons (no positive activation, so no gradient) can still be similar
+                # in weight space and form modules here. Activation similarity leaves them out.
                 similarity = weight_similarity(directions)
 
             neurons = directions.shape[0]
