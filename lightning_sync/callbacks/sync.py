@@ -126,7 +126,7 @@ class NeuronSynchronizer(Callback):
     Example::
 
         >>> from lightning.pytorch import Trainer
-        >>> trainer = Trainer(callbacks=[NeuronSynchronizer(k=3, coupling=0.05)], logger=False)
+        >>> trainer = Trainer(callbacks=[NeuronSynchronizer(layers=["conv3"], similarity="activation")], logger=False)
     """
 
     def __init__(
@@ -134,8 +134,8 @@ class NeuronSynchronizer(Callback):
         layers: str | Iterable[str] | None = None,
         similarity: str = "weight",
         neighbourhood: NeighbourhoodMode = "knn",
-        k: int = 3,
-        coupling: float = 0.05,
+        k: int = 2,
+        coupling: float = 0.02,
         interval: int = 1,
         start_step: int = 0,
         warmup_steps: int = 0,
