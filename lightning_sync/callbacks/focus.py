@@ -121,6 +121,8 @@ class FocusRegularizer(Callback):
         names = self.layers if self.layers is not None else [default_layer_name(pl_module)]
         layers = self._capture.attach(pl_module, names)
         for name, layer in layers.items():
+            # NOTE: a custom module that returns something other than (N, C, H, W) passes this
+            # check and raises in `require_activation_maps` at the first training step instead.
             if isinstance(layer, _NON_SPATIAL_LAYERS):
                 self._capture.detach_hooks()
                 raise ValueError(
