@@ -33,7 +33,7 @@ if str(REPOSITORY) not in sys.path:
     sys.path.insert(0, str(REPOSITORY))
 
 from lightning_sync.callbacks.metrics import METRIC_NAMES, InterpretabilityMetrics  # noqa: E402
-from lightning_sync.capture import default_layer_name  # noqa: E402
+from lightning_sync.capture import default_layer_name, resolve_layers  # noqa: E402
 from lightning_sync.cli import LightningSyncCLI  # noqa: E402
 
 CONFIG_DIRECTORY = REPOSITORY / "examples" / "configs"
@@ -96,15 +96,20 @@ def evaluate(
     logged = trainer.validate(model, dataloaders=loader, verbose=False)[0]
 
     partition = callback.layer_metrics(layer)["modularity"].partition or []
-    results = {"accuracy": logged["val/acc"], "modules": sum(len(module) >= 2 for module in partition)}
+    neurons = resolve_layers(model, [layer])[layer].weight.shape[0]
+    results = {
+        "accuracy": logged["val/acc"],
+        "modules": sum(len(module) >= 2 for module in partition),
+        "largest_module_share": max((len(module) for module in partition), default=1) / neurons,
+    }
     for name in METRIC_NAMES:
         results[name] = logged[f"interp/{layer}/{name}"]
     return results
 
 
-def format_table(results: dict[str, dict[str, float]]) -> str:
-    """Markdown table with one row per config."""
-    columns = list(next(iter(results.values())))
+def format_table(results: dict[str, dict[str, float]], columns: Sequence[str] | None = None) -> str:
+    """Markdown table with one row per config; ``columns`` selects and orders the columns."""
+    columns = list(columns or next(iter(results.values())))
     lines = ["| config | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
     for config, values in results.items():
         cells = [f"{values[column]:.4f}" if isinstance(values[column], float) else str(values[column]) for column in columns]
@@ -113,8 +118,9 @@ def format_table(results: dict[str, dict[str, float]]) -> str:
 
 
 PAGE_NOTES = """\
-Columns: `accuracy` is the share of correctly classified test digits and `modules` the number of
-modules of two or more neurons that the module metrics score. The other columns are the metrics
+Columns: `accuracy` is the share of correctly classified test digits, `modules` the number of
+modules of two or more neurons that the module metrics score, and `largest_module_share` the size
+of the largest of them divided by the layer's neuron count. The other columns are the metrics
 of [metrics.md](metrics.md), computed on the whole test split. All are higher-is-better.
 Location instability is not reported, because the digits have no part landmarks.
 
@@ -159,6 +165,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
     parser.add_argument("--seed", type=int, default=0, help="seed_everything of every run")
     parser.add_argument("--output", type=Path, default=Path("runs/compare"), help="folder of the runs")
     parser.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
+    parser.add_argument("--columns", nargs="+", default=None, help="print only these columns, in this order")
     parser.add_argument("--page", type=Path, default=None, help="also write the results as a Markdown page, e.g. docs/results.md")
     args = parser.parse_args(argv)
 
@@ -176,6 +183,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
 
     table = format_table(results)
     print()
+    if args.columns:
+        print(f"Test split, {args.epochs} epochs, seed {args.seed}, selected columns:")
+        print(format_table(results, args.columns))
+        print()
     print(f"Test split, {args.epochs} epochs, seed {args.seed}:")
     print(table)
     if args.json is not None:
