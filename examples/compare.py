@@ -100,7 +100,7 @@ def evaluate(
     results = {
         "accuracy": logged["val/acc"],
         "modules": sum(len(module) >= 2 for module in partition),
-        "largest_module_share": max((len(module) for module in partition), default=1) / neurons,
+        "largest_module_share": max((len(module) for module in partition if len(module) >= 2), default=0) / neurons,
     }
     for name in METRIC_NAMES:
         results[name] = logged[f"interp/{layer}/{name}"]
@@ -120,7 +120,7 @@ def format_table(results: dict[str, dict[str, float]], columns: Sequence[str] | 
 PAGE_NOTES = """\
 Columns: `accuracy` is the share of correctly classified test digits, `modules` the number of
 modules of two or more neurons that the module metrics score, and `largest_module_share` the size
-of the largest of them divided by the layer's neuron count. The other columns are the metrics
+of the largest of them divided by the layer's neuron count (0 without such modules). The other columns are the metrics
 of [metrics.md](metrics.md), computed on the whole test split. All are higher-is-better.
 Location instability is not reported, because the digits have no part landmarks.
 

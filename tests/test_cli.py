@@ -60,3 +60,23 @@ def test_unknown_model_class_fails(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit):
         main(["fit", "--model=examples.models.NoSuchModel", "--data=examples.data.BundledDigits"])
     assert "NoSuchModel" in capsys.readouterr().err
+
+
+def test_compare_script_writes_page(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(REPOSITORY)
+    sys.path.insert(0, str(REPOSITORY / "examples"))
+    try:
+        import compare
+    finally:
+        sys.path.remove(str(REPOSITORY / "examples"))
+
+    page = tmp_path / "results.md"
+    results = compare.main(
+        ["--configs", "focus", "--epochs", "1", "--output", str(tmp_path / "runs"), "--page", str(page), "--columns", "accuracy", "modules"]
+    )
+    assert 0.0 <= results["focus"]["accuracy"] <= 1.0
+    assert results["focus"]["largest_module_share"] == 0.0
+    text = page.read_text()
+    assert "python examples/compare.py --configs focus --epochs 1" in text
+    assert "| focus |" in text
+    assert "| config | accuracy | modules |" in capsys.readouterr().out
