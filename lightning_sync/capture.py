@@ -184,7 +184,7 @@ class ActivationCapture:
         return bool(self._handles)
 
     def should_capture(self) -> bool:
-        """Whether a forward pass right now would be captured."""
+        """Return whether a forward pass right now would be captured."""
         return self.enabled and (self.capture_no_grad or torch.is_grad_enabled())
 
     def _store(self, name: str, output: Any) -> None:
@@ -196,7 +196,7 @@ class ActivationCapture:
         self._activations.setdefault(name, []).append(output.detach() if self.detach else output)
 
     def outputs(self, name: str) -> list[Tensor]:
-        """The outputs of layer ``name`` captured since the last :meth:`clear`, in call order."""
+        """Return the outputs of layer ``name`` captured since the last :meth:`clear`, in call order."""
         return self._activations.get(name, [])
 
     def clear(self) -> None:

@@ -30,7 +30,7 @@ def run_directory(trainer: pl.Trainer) -> Path:
 
 
 def first_input_batch(batch: Any) -> Tensor:
-    """The input tensor of a batch: the batch itself, its first element, or its ``"image"`` entry.
+    """Return the input tensor of a batch: the batch itself, its first element, or its ``"image"`` entry.
 
     Raises:
         TypeError: when no input tensor can be found.

@@ -125,7 +125,7 @@ def focus_penalty_per_map(
     - ``mass="relu"``: ``m_p = max(A_p, 0)``, the activation itself;
     - ``mass="softmax"``: ``m_p = exp(A_p / temperature)``, a spatial softmax of the map. Adding a
       constant to a map leaves this penalty unchanged, so it cannot be lowered by shifting a
-      neuron's bias towards silence; with ``relu`` mass, the sparsest map (one cell that barely
+      neuron's bias towards silence. With ``relu`` mass, the sparsest map (one cell that barely
       fires) is the minimum, and training drifts towards silent neurons.
 
     Computed in float32. A map fires when its ReLU mass exceeds ``threshold``, whatever ``mass``.
