@@ -56,7 +56,12 @@ def train(config: str, epochs: int, seed: int, output: Path, extra: Sequence[str
         "--trainer.enable_model_summary=false",
         *extra,
     ]
-    return LightningSyncCLI(args=args)
+    # LightningCLI warns when it gets `args` while sys.argv holds this script's own options.
+    script_argv, sys.argv = sys.argv, sys.argv[:1]
+    try:
+        return LightningSyncCLI(args=args)
+    finally:
+        sys.argv = script_argv
 
 
 def hooked_layer(trainer: pl.Trainer, model: pl.LightningModule) -> str:

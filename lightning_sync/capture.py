@@ -91,6 +91,8 @@ def normalize_layer_names(layers: str | Iterable[str] | None, argument: str = "l
     """
     if layers is None:
         return None
+    if not isinstance(layers, (str, Iterable)):
+        raise ValueError(f"Expected `{argument}` to be a layer name or a list of layer names, but got {layers!r}.")
     names = [layers] if isinstance(layers, str) else list(layers)
     if not names:
         raise ValueError(f"Expected `{argument}` to name at least one layer, but got an empty list. Pass None for the default layer.")

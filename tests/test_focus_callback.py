@@ -289,3 +289,8 @@ def test_layer_names_resolve_through_wrappers():
     assert resolve_layers(inner_compiled, ["conv2"])["conv2"] is inner_compiled.conv2._orig_mod
     assert default_layer_name(DDPLikeWrapper(compiled_model)) == "conv2"
     assert canonical_name("module._orig_mod.conv2") == "conv2"
+
+
+def test_layers_not_a_name_raises():
+    with pytest.raises(ValueError, match="`layers` to be a layer name or a list of layer names, but got 5"):
+        FocusRegularizer(layers=5)

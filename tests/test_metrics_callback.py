@@ -160,3 +160,30 @@ def test_callback_metrics_follow_module_device(tmp_path):
         assert metric.device.type == "cuda"
     for name in METRIC_NAMES:
         assert f"interp/conv/{name}" in trainer.callback_metrics, name
+
+
+def test_transposed_convolution_rejected_in_setup(tmp_path):
+    class Upsampler(TinyConvNet):
+        def __init__(self):
+            super().__init__()
+            self.up = nn.ConvTranspose2d(6, 4, kernel_size=3, stride=2)
+
+    trainer = Trainer(default_root_dir=tmp_path, logger=False, enable_progress_bar=False, callbacks=[InterpretabilityMetrics(layers=["up"])])
+    with pytest.raises(ValueError, match="Layer 'up' is a ConvTranspose2d, whose weight is laid out"):
+        trainer.validate(Upsampler(), dataloaders=_loader(1), verbose=False)
+
+
+def test_order_uses_synchronizer_settings(tmp_path):
+    from lightning_sync import NeuronSynchronizer
+
+    synchronizer = NeuronSynchronizer(layers=["conv"], k=2, coupling=0.5)
+    metrics = InterpretabilityMetrics(layers=["conv"], metrics=["synchronization_order"], k=4)
+    _fit(tmp_path, [synchronizer, metrics], epochs=1)
+    logged = metrics.layer_metrics("conv")["synchronization_order"]
+    assert logged.k == 2
+    assert logged.neighbourhood == synchronizer.neighbourhood
+
+
+def test_fallback_delta_range_validated():
+    with pytest.raises(ValueError, match=r"`fallback_delta` in \(0, 2\] \(a distance between unit directions\), but got 5"):
+        InterpretabilityMetrics(fallback_delta=5)

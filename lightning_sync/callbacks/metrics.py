@@ -10,6 +10,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
+from torch.nn.modules.conv import _ConvTransposeNd
 from torchmetrics import Metric
 from typing_extensions import override
 
@@ -107,7 +108,8 @@ class InterpretabilityMetrics(Callback):
         min_share: share of samples a neuron must fire on to count as active.
         num_bins: bins per neuron of the mutual-information score.
         max_samples: samples per process kept for the mutual-information score.
-        k: neighbours per neuron of the synchronization order.
+        k: neighbours per neuron of the synchronization order. A layer that a NeuronSynchronizer
+            updates is scored with the synchronizer's ``k`` and neighbourhood mode instead.
         fallback_delta: direction distance that joins neurons into modules when no synchronizer
             provides them; ``None`` to skip the module metrics then.
         partitions: fixed modules per layer name (lists of neuron indices), for example those that
@@ -149,7 +151,9 @@ class InterpretabilityMetrics(Callback):
         self.num_bins = check_positive_int("num_bins", num_bins)
         self.max_samples = check_positive_int("max_samples", max_samples)
         self.k = check_positive_int("k", k)
-        self.fallback_delta = None if fallback_delta is None else check_positive("fallback_delta", fallback_delta)
+        if fallback_delta is not None and not 0 < check_positive("fallback_delta", fallback_delta) <= 2:
+            raise ValueError(f"Expected `fallback_delta` in (0, 2] (a distance between unit directions), but got {fallback_delta!r}.")
+        self.fallback_delta = fallback_delta
         self.partitions = {
             canonical_name(layer): [[int(neuron) for neuron in module] for module in modules]
             for layer, modules in (partitions or {}).items()
@@ -183,6 +187,12 @@ class InterpretabilityMetrics(Callback):
         self._layer_metrics = {}
         for name, layer in self._layer_modules.items():
             weight = getattr(layer, "weight", None)
+            if isinstance(layer, _ConvTransposeNd):
+                self._capture.detach_hooks()
+                raise ValueError(
+                    f"Layer {name!r} is a {type(layer).__name__}, whose weight is laid out (in_channels, out_channels, ...),"
+                    " so its neurons are not the rows of its weight. Hook a Conv or Linear layer instead."
+                )
             if not isinstance(weight, Tensor) or weight.dim() < 2:
                 self._capture.detach_hooks()
                 raise ValueError(
@@ -293,6 +303,7 @@ class InterpretabilityMetrics(Callback):
             partition = self.partition(trainer, layer, weight)
             for name, metric in metrics.items():
                 if name in WEIGHT_METRICS:
+                    self._match_synchronizer_neighbourhoods(trainer, layer, metric)
                     metric.update(weight.detach())
                 if name in MODULE_METRICS:
                     if partition is None:
@@ -301,6 +312,15 @@ class InterpretabilityMetrics(Callback):
                     metric.partition = partition
                 value = metric.compute()
                 pl_module.log(f"interp/{layer}/{name}", value.float(), on_epoch=True, sync_dist=True)
+
+    def _match_synchronizer_neighbourhoods(self, trainer: pl.Trainer, layer: str, metric: Metric) -> None:
+        # The order parameter depends on k and the neighbourhood mode, so a layer that a
+        # synchronizer updates is scored with the synchronizer's own settings.
+        for callback in trainer.callbacks:
+            if callback is not self and layer in getattr(callback, "hooked_layers", ()) and hasattr(callback, "neighbourhood"):
+                metric.k = callback.k
+                metric.neighbourhood = callback.neighbourhood
+                return
 
     def partition(self, trainer: pl.Trainer, layer: str, weight: Tensor) -> list[list[int]] | None:
         """Return the module partition of ``layer`` that the module metrics score, or ``None`` to skip them.
