@@ -21,6 +21,8 @@ class LightningSyncCLI(LightningCLI):
 
     def __init__(self, args: ArgsType = None, run: bool = True, **kwargs: object) -> None:
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        # Under `python -m lightning_sync` the program name would otherwise read `__main__.py`.
+        kwargs.setdefault("parser_kwargs", {"prog": "lightning-sync"})
         kwargs.setdefault("auto_configure_optimizers", False)
         super().__init__(
             pl.LightningModule,
