@@ -163,27 +163,59 @@ def write_page(path: Path, table: str, command: str, args: argparse.Namespace, s
     path.write_text("\n".join(lines))
 
 
+def train_and_evaluate(config: str, epochs: int, seed: int, output: Path) -> tuple[dict[str, float], dict[str, int]]:
+    """Fit ``config`` and return its test-split results and the sizes of its training and test splits."""
+    cli = train(config, epochs, seed, output)
+    datamodule = cli.datamodule
+    datamodule.setup("test")
+    split_sizes = {"train": len(datamodule.train_set), "test": len(datamodule.test_set)}
+    layer = hooked_layer(cli.trainer, cli.model)
+    return evaluate(cli.model, datamodule.test_dataloader(), layer, run_partitions(cli.trainer)), split_sizes
+
+
+def compare_seeds(args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    """Run every config with every seed of ``args.seeds`` and print one row per run plus the means."""
+    results: dict[str, dict[str, float]] = {}
+    for config in args.configs:
+        runs = []
+        for seed in args.seeds:
+            values, _ = train_and_evaluate(config, args.epochs, seed, args.output / f"seed{seed}")
+            results[f"{config}, seed {seed}"] = values
+            runs.append(values)
+            print(f"{config}, seed {seed}: {values}", flush=True)
+        results[f"{config}, mean"] = {name: sum(run[name] for run in runs) / len(runs) for name in runs[0]}
+
+    print()
+    print(f"Test split, {args.epochs} epochs, seeds {' '.join(map(str, args.seeds))}:")
+    print(format_table(results, args.columns))
+    if args.json is not None:
+        args.json.write_text(json.dumps(results, indent=2))
+    return results
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--configs", nargs="+", default=["baseline", "focus"], help="config names in examples/configs")
     parser.add_argument("--epochs", type=int, default=10, help="training epochs of every config")
     parser.add_argument("--seed", type=int, default=0, help="seed_everything of every run")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="run every config once per seed and add the means")
     parser.add_argument("--output", type=Path, default=Path("runs/compare"), help="folder of the runs")
     parser.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
     parser.add_argument("--columns", nargs="+", default=None, help="print only these columns, in this order")
     parser.add_argument("--page", type=Path, default=None, help="also write the results as a Markdown page, e.g. docs/results.md")
     args = parser.parse_args(argv)
 
+    if args.seeds is not None and args.page is not None:
+        parser.error("--page writes the results of one seed; use --seed with it, not --seeds.")
+
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
+    if args.seeds is not None:
+        return compare_seeds(args)
+
     results: dict[str, dict[str, float]] = {}
     for config in args.configs:
-        cli = train(config, args.epochs, args.seed, args.output)
-        datamodule = cli.datamodule
-        datamodule.setup("test")
-        split_sizes = {"train": len(datamodule.train_set), "test": len(datamodule.test_set)}
-        layer = hooked_layer(cli.trainer, cli.model)
-        results[config] = evaluate(cli.model, datamodule.test_dataloader(), layer, run_partitions(cli.trainer))
+        results[config], split_sizes = train_and_evaluate(config, args.epochs, args.seed, args.output)
         print(f"{config}: {results[config]}", flush=True)
 
     table = format_table(results)
