@@ -39,9 +39,11 @@ class _TrainingStepWithLossTerms:
             output = self.original(*args, **kwargs)
         else:
             output = type(self.strategy).training_step(self.strategy, *args, **kwargs)
-        extra = self.total()
-        if extra is None or output is None:
+        if output is None:
             # A `None` output skips the optimizer step in Lightning, so nothing is added.
+            return output
+        extra = self.total()
+        if extra is None:
             return output
         return add_to_step_output(output, extra)
 

@@ -4,17 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import matplotlib
+import torch
+import torch.nn.functional as F
+from matplotlib.figure import Figure
+from torch import Tensor
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from torch import Tensor  # noqa: E402
-
-from lightning_sync.functional.focus import focus_positions  # noqa: E402
+from lightning_sync.functional.focus import focus_positions
 
 
 def _image_for_display(image: Tensor) -> Tensor:
@@ -54,7 +49,10 @@ def plot_focus_maps(
     scale_rows, scale_columns = image_height / height, image_width / width
 
     columns = len(neurons) + 1
-    figure, axes = plt.subplots(count, columns, figsize=(1.4 * columns, 1.4 * count + 0.5), squeeze=False)
+    # A bare Figure, not pyplot: no global backend or figure registry is touched, and
+    # `figure.savefig` renders without a screen.
+    figure = Figure(figsize=(1.4 * columns, 1.4 * count + 0.5))
+    axes = figure.subplots(count, columns, squeeze=False)
     for row in range(count):
         picture = _image_for_display(images[row])
         axes[row][0].imshow(picture, cmap="gray")

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-import matplotlib.pyplot as plt
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import WandbLogger
@@ -113,7 +112,6 @@ class FocusMapFigure(Callback):
         self.path = run_directory(trainer) / self.filename
         self.path.parent.mkdir(parents=True, exist_ok=True)
         figure.savefig(self.path, dpi=110)
-        plt.close(figure)
         rank_zero_info(f"FocusMapFigure: saved {self.path}")
 
         for logger in trainer.loggers:

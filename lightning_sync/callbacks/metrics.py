@@ -339,6 +339,11 @@ class InterpretabilityMetrics(Callback):
         return partition_from_weights(weight, self.fallback_delta)
 
     @override
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        # Lightning skips `teardown` when fit or validate raises, so the hooks are removed here.
+        self._capture.detach_hooks()
+
+    @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._capture.detach_hooks()
 

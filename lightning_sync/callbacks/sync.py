@@ -168,6 +168,15 @@ class NeuronSynchronizer(Callback):
 
         self._layers: dict[str, nn.Module] = {}
         self._capture = ActivationCapture(detach=True)
+        self._reset_running_state()
+
+    def _reset_running_state(self) -> None:
+        # Called again in every `setup("fit")`: a new fit starts from step 0 like Lightning's
+        # global_step, and a resumed fit gets its state back from `load_state_dict` after setup.
+        self.modules = {}
+        self.free_neurons = {}
+        self.order = {}
+        self.neighbourhoods = {}
         self._moments: dict[str, Tensor] = {}
         self._restored_moments: dict[str, Tensor] = {}
         self._residuals: dict[str, Tensor] = {}
@@ -214,6 +223,7 @@ class NeuronSynchronizer(Callback):
                 " weights or keeps its own copy of them in the optimizer, so an update of `param.data` would be"
                 " lost or partial. Use a single device or DDP."
             )
+        self._reset_running_state()
         names = self.layers if self.layers is not None else [default_layer_name(pl_module)]
         layers = self._capture.attach(pl_module, names)
         try:
@@ -272,10 +282,13 @@ class NeuronSynchronizer(Callback):
         if self._last_global_step is None:
             self._last_global_step = trainer.global_step
         if trainer.global_step != self._last_global_step:
+            # Manual optimization may step several optimizers in one batch; each step counts, and
+            # one update follows the batch when the count passed a multiple of `interval`.
+            previous_steps = self._optimizer_steps
+            self._optimizer_steps += trainer.global_step - self._last_global_step
             self._last_global_step = trainer.global_step
-            self._optimizer_steps += 1
             coupling = self.current_coupling(self._optimizer_steps)
-            if coupling > 0 and self._optimizer_steps % self.interval == 0:
+            if coupling > 0 and self._optimizer_steps // self.interval > previous_steps // self.interval:
                 self._synchronize(trainer, coupling)
             elif coupling == 0:
                 # Before start_step, so the first window starts at start_step, not at step 0.
@@ -450,6 +463,11 @@ class NeuronSynchronizer(Callback):
             "delta": self.delta,
             "max_module_share": self.max_module_share,
         }
+
+    @override
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        # Lightning skips `teardown` when fit raises, so the hooks are removed here.
+        self._capture.detach_hooks()
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
