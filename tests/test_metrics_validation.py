@@ -155,9 +155,3 @@ def test_no_warning_after_update():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         metric.compute()
-
-
-def test_synchronization_order_k_below_neurons():
-    metric = SynchronizationOrder(k=10)
-    with pytest.raises(ValueError, match="Expected `k` below the number of neurons, but got k=10 for a weight with 4 neurons"):
-        metric.update(torch.randn(4, 3))

@@ -54,11 +54,6 @@ class SynchronizationOrder(InterpretabilityMetric):
         """Add the order parameter of ``weight`` ``(C, ...)``, which needs at least two neurons."""
         if weight.dim() < 2 or weight.shape[0] < 2:
             raise ValueError(f"Expected a weight (C, ...) with at least 2 neurons, but got shape {tuple(weight.shape)}.")
-        if self.k >= weight.shape[0]:
-            raise ValueError(
-                f"Expected `k` below the number of neurons, but got k={self.k} for a weight with {weight.shape[0]}"
-                f" neurons. Pass k <= {weight.shape[0] - 1}."
-            )
         order = synchronization_order(weight, self.k, self.neighbourhood)
         self.order_sum += order.to(self.order_sum)
         self.num_updates += 1
