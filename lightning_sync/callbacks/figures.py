@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -125,6 +125,8 @@ class FocusMapFigure(Callback):
             if datamodule is None:
                 return None
             loaders = datamodule.val_dataloader()
+        if isinstance(loaders, Mapping):
+            loaders = list(loaders.values())
         loader = loaders[0] if isinstance(loaders, Sequence) else loaders
         try:
             batch = next(iter(loader))

@@ -141,8 +141,9 @@ class ModuleConsistency(_CorrelationMetric):
 
     The given partition ``m`` has ``M`` modules. ``AL_M(1 - rho)`` cuts the average-linkage tree of
     the correlation distance between the neurons' pooled activations on the data seen into ``M``
-    clusters. Fed with held-out data it measures whether the modules, found from filter weights by
-    the synchronizer, also hold in the neurons' responses to new data. See
+    clusters. Fed with held-out data it measures whether the synchronizer's modules, found during
+    training from filter weights or training activations, also hold in the neurons' responses to
+    new data. See
     :func:`~lightning_sync.functional.metrics.module_consistency`; the derivation is
     lightning-sync's own. A partition of singletons scores 1 trivially.
 
