@@ -1,5 +1,5 @@
 """Example LightningModules and LightningDataModules for lightning-sync.
 
-None of them knows about lightning-sync: the callbacks attach from the Trainer or the YAML config.
+None of them imports lightning-sync: the callbacks attach from the Trainer or the YAML config.
 Run the CLI from the repository root so that ``examples.*`` class paths import.
 """

@@ -56,7 +56,7 @@ def train(config: str, epochs: int, seed: int, output: Path, extra: Sequence[str
         "--trainer.enable_model_summary=false",
         *extra,
     ]
-    # LightningCLI warns when it gets `args` while sys.argv holds this script's own options.
+    # LightningCLI warns when it gets `args` while sys.argv contains this script's own options.
     script_argv, sys.argv = sys.argv, sys.argv[:1]
     try:
         return LightningSyncCLI(args=args)
@@ -65,7 +65,7 @@ def train(config: str, epochs: int, seed: int, output: Path, extra: Sequence[str
 
 
 def hooked_layer(trainer: pl.Trainer, model: pl.LightningModule) -> str:
-    """The first layer hooked by one of the run's lightning-sync callbacks, else the last Conv2d."""
+    """Return the first layer hooked by one of the run's lightning-sync callbacks, else the last Conv2d."""
     for callback in trainer.callbacks:
         layers = getattr(callback, "hooked_layers", None)
         if layers:

@@ -77,7 +77,7 @@ class BundledDigits(_LoaderMixin):
 
     No download is needed. The digits are shuffled once with ``split_seed`` and cut into fixed
     training, validation and test splits (3,500 / 750 / 750 with the defaults), so every run with
-    the same ``split_seed`` sees the same held-out digits. Images are ``(1, 28, 28)`` floats,
+    the same ``split_seed`` evaluates on the same held-out digits. Images are ``(1, 28, 28)`` floats,
     normalized with the MNIST mean and standard deviation.
 
     Args:
@@ -133,7 +133,7 @@ class TorchvisionImages(_LoaderMixin):
 
     Args:
         dataset: ``"mnist"``, ``"cifar10"`` or ``"imagefolder"``.
-        root: folder that holds (or receives, with ``download``) the dataset files.
+        root: folder that contains (or receives, with ``download``) the dataset files.
         download: let torchvision download MNIST or CIFAR-10 into ``root``.
         batch_size: samples per batch.
         val_fraction: share of the training files used for validation.

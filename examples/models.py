@@ -80,9 +80,9 @@ class DigitCNN(ImageClassifier):
 class ResNet18Classifier(ImageClassifier):
     """torchvision's ResNet-18, trained from scratch (``weights=None``).
 
-    For small images (28 x 28 digits, 32 x 32 CIFAR) ``small_input`` replaces the 7 x 7 stride-2
-    stem and its max-pooling by a 3 x 3 stride-1 convolution, the usual CIFAR adaptation, so the
-    last block still has a 4 x 4 map. The last ``Conv2d`` is ``net.layer4.1.conv2``.
+    For small images (28 x 28 digits, 32 x 32 CIFAR), ``small_input`` replaces the 7 x 7 stride-2
+    stem and its max-pooling by a 3 x 3 stride-1 convolution, the usual CIFAR adaptation. The last
+    block then still has a 4 x 4 map. The last ``Conv2d`` is ``net.layer4.1.conv2``.
 
     Args:
         num_classes: number of classes.

@@ -30,8 +30,8 @@ def plot_focus_maps(
 ) -> Figure:
     """Draw each image next to the activation maps of ``neurons`` laid over it.
 
-    Rows are images; the first column is the input, each further column one neuron. A map is
-    ReLU-ed, scaled to the image size and drawn with transparency; a cross marks its focus
+    Rows are images. The first column is the input, and each further column is one neuron. A map
+    is ReLU-ed, scaled to the image size and drawn with transparency, and a cross marks its focus
     position (the peak cell, mapped to image coordinates). Maps that do not fire stay empty.
 
     Args:

@@ -1,4 +1,4 @@
-"""Known answers of the focus penalty, focus positions and focus concentration."""
+"""Hand-computed values of the focus penalty, focus positions and focus concentration."""
 
 import math
 

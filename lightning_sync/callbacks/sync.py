@@ -282,7 +282,7 @@ class NeuronSynchronizer(Callback):
         if self._last_global_step is None:
             self._last_global_step = trainer.global_step
         if trainer.global_step != self._last_global_step:
-            # Manual optimization may step several optimizers in one batch; each step counts, and
+            # Manual optimization may step several optimizers in one batch. Each step counts, and
             # one update follows the batch when the count passed a multiple of `interval`.
             previous_steps = self._optimizer_steps
             self._optimizer_steps += trainer.global_step - self._last_global_step

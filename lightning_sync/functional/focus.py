@@ -1,9 +1,9 @@
 """Focus positions, the focus penalty and focus concentration of activation maps.
 
 The focus penalty is lightning-sync's reconstruction of the focus regularization of Han et al.,
-"Synchronization-Inspired Interpretable Neural Networks" (IEEE TNNLS, 2024): the abstract states
+"Synchronization-Inspired Interpretable Neural Networks" (IEEE TNNLS, 2024). The abstract states
 that each neuron's activation map is regularized to surround the focus position of the pattern it
-responded to; the Gaussian neighbourhood and the mass-share penalty below are our choice. The
+responded to. The Gaussian neighbourhood and the mass-share penalty below are our choice. The
 ``centroid`` focus follows the Interpretable CNN code of Zhang, Wu and Zhu (CVPR 2018).
 
 All functions take activation maps ``(N, C, H, W)`` and work on the whole batch at once.

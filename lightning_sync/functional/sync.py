@@ -9,7 +9,7 @@ sine coupling, the adaptive neighbourhood, the order parameter and the modules.
 
 Every function takes a whole layer at once as ``(C, C)`` matrices, where ``C`` is the number of
 neurons (output channels of a convolution, rows of a Linear weight). The update and the
-similarities are single tensor expressions; the module labelling repeats a tensor step until the
+similarities are single tensor expressions. The module labelling repeats a tensor step until the
 labels stop changing, and only the conversion of labels to lists of indices loops over neurons.
 """
 

@@ -23,8 +23,8 @@ class FocusConcentration(InterpretabilityMetric):
 
     ``F`` is the set of firing (sample, neuron) maps and ``mu`` a map's argmax cell. See
     :func:`~lightning_sync.functional.metrics.focus_concentration`. ``update`` takes activation
-    maps ``(N, C, H, W)``; ``compute`` returns the mean over every firing map seen, NaN if none
-    fired (with a warning when ``update`` was never called).
+    maps ``(N, C, H, W)``. ``compute`` returns the mean over every firing map seen, or NaN if none
+    fired, with a warning when ``update`` was never called.
 
     Args:
         radius: half-width of the window around the peak, in map cells.
